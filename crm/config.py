@@ -1,0 +1,300 @@
+"""The one place configuration is resolved: the shops file (CONTRACT §3, §7) and the environment.
+
+Every error is a single line naming the file, the shop and the key, e.g.
+``shops.toml: shop 's2': reminders.shipping_cutoffs[0]: '25:00' is not a time HH:MM (00:00-23:59)``.
+Secrets and URLs come from the file or from the environment (``CRM_GATEWAY_URL``,
+``CRM_GATEWAY_TOKEN``, ``CRM_SMTP_HOST``, ``CRM_SMTP_PORT``, ``CRM_SMTP_USER``, ``CRM_SMTP_PASSWORD``),
+the environment winning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_DB = "data/crm.duckdb"
+DEFAULT_CONFIG = "shops.toml"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as one line for the user."""
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def _check_hhmm(value: str) -> str:
+    if not isinstance(value, str) or not _HHMM.match(value):
+        raise ValueError(f"{value!r} is not a time HH:MM (00:00-23:59)")
+    return value
+
+
+def minutes_of(hhmm: str) -> int:
+    """'11:30' -> 690."""
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+NonNegInt = Annotated[int, Field(ge=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+Channel = Literal["call", "sms", "email"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Channels(_Strict):
+    new: Channel = "call"
+    second: Channel = "sms"
+    repeat: Channel = "sms"
+
+
+class Reminders(_Strict):
+    strategy: Literal["cutoff", "delay"] = "cutoff"
+    shipping_cutoffs: list[str] = ["11:00", "17:00"]
+    lead_minutes: NonNegInt = 60
+    delay_minutes: NonNegInt = 150
+    min_age_minutes: NonNegInt = 15
+    auto_close_minutes: NonNegInt = 1440
+    close_margin_minutes: NonNegInt = 5
+    quiet_hours: list[str] = ["21:00", "09:00"]
+    daily_cap: NonNegInt = 1
+    second_purchase_offer: str = ""
+    channels: Channels = Channels()
+    holdout_rate: Share = 0.0
+
+    @field_validator("shipping_cutoffs")
+    @classmethod
+    def _cutoffs(cls, v: list[str]) -> list[str]:
+        for i, c in enumerate(v):
+            try:
+                _check_hhmm(c)
+            except ValueError as e:
+                raise ValueError(f"[{i}]: {e}") from None
+        if len(set(v)) != len(v):
+            raise ValueError(f"repeats a cut-off: {v}")
+        return sorted(v)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, v: list[str]) -> list[str]:
+        if len(v) not in (0, 2):
+            raise ValueError(f"must be [start, end] (two times HH:MM) or [], got {v}")
+        for i, c in enumerate(v):
+            try:
+                _check_hhmm(c)
+            except ValueError as e:
+                raise ValueError(f"[{i}]: {e}") from None
+        return v
+
+
+_WINDOW = re.compile(r"^(\d{2}:\d{2})-(\d{2}:\d{2})$")
+
+
+class Visits(_Strict):
+    trigger: Literal["delivered", "shipped", "paid"] = "delivered"
+    followup_days: NonNegInt = 7
+    grace_days: Annotated[int, Field(ge=1)] = 3
+    windows: list[str] = ["11:00-12:00", "16:00-18:00"]
+    manual_capacity: NonNegInt = 40
+    high_value_amount: NonNegFloat = 500
+    complaint_keywords: list[str] = ["慢", "破", "差", "没想到", "一般", "slow", "broken", "damaged", "disappoint"]
+    auto_channel: Literal["sms", "email", "none"] = "sms"
+    gift_ratio: Share = 0.05
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: list[str]) -> list[str]:
+        spans = []
+        for i, w in enumerate(v):
+            m = _WINDOW.match(w) if isinstance(w, str) else None
+            if not m:
+                raise ValueError(f"[{i}]: {w!r} is not a window HH:MM-HH:MM")
+            try:
+                start, end = _check_hhmm(m.group(1)), _check_hhmm(m.group(2))
+            except ValueError as e:
+                raise ValueError(f"[{i}]: {e}") from None
+            if minutes_of(start) >= minutes_of(end):
+                raise ValueError(f"[{i}]: {w!r} ends before it starts (a window stays inside one day)")
+            spans.append((minutes_of(start), minutes_of(end), w))
+        spans.sort()
+        for (s1, e1, w1), (s2, _e2, w2) in zip(spans, spans[1:]):
+            if s2 < e1:
+                raise ValueError(f"windows {w1!r} and {w2!r} overlap")
+        return [w for _s, _e, w in spans]
+
+    @field_validator("complaint_keywords")
+    @classmethod
+    def _keywords(cls, v: list[str]) -> list[str]:
+        if any(not k.strip() for k in v):
+            raise ValueError("an empty keyword would match every review")
+        return v
+
+
+class Shop(_Strict):
+    shop_id: Annotated[str, Field(min_length=1)]
+    name: str = ""
+    timezone: str = "Asia/Shanghai"
+    locale: Literal["zh-CN", "en"] = "zh-CN"
+    team_email: str = ""
+    distribution_platforms: list[str] = ["fenxiao"]
+    reminders: Reminders = Reminders()
+    visits: Visits = Visits()
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a known time zone (an IANA name like 'Asia/Shanghai')") from None
+        return v
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.shop_id
+
+
+class Gateway(_Strict):
+    webhook_url: str = "http://127.0.0.1:8080/send"
+    token: str = ""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10
+    max_attempts: Annotated[int, Field(ge=1)] = 5
+    concurrency: Annotated[int, Field(ge=1)] = 16
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+
+class Smtp(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1025
+    sender: str = "crm@example.com"
+    username: str = ""
+    password: str = ""
+    starttls: bool = False
+
+
+class Settings(_Strict):
+    shops: list[Shop]
+    gateway: Gateway = Gateway()
+    smtp: Smtp = Smtp()
+
+    @model_validator(mode="after")
+    def _unique_shops(self) -> "Settings":
+        seen: set[str] = set()
+        for i, s in enumerate(self.shops):
+            if s.shop_id in seen:
+                raise _DuplicateShop(i, s.shop_id)
+            seen.add(s.shop_id)
+        return self
+
+    def shop(self, shop_id: str) -> Shop:
+        for s in self.shops:
+            if s.shop_id == shop_id:
+                return s
+        raise KeyError(shop_id)
+
+
+class _DuplicateShop(ValueError):
+    def __init__(self, index: int, shop_id: str):
+        super().__init__(f"duplicate shop_id {shop_id!r}")
+        self.index, self.shop_id = index, shop_id
+
+
+_ENV = {
+    ("gateway", "webhook_url"): "CRM_GATEWAY_URL",
+    ("gateway", "token"): "CRM_GATEWAY_TOKEN",
+    ("smtp", "host"): "CRM_SMTP_HOST",
+    ("smtp", "port"): "CRM_SMTP_PORT",
+    ("smtp", "username"): "CRM_SMTP_USER",
+    ("smtp", "password"): "CRM_SMTP_PASSWORD",
+}
+
+
+def _where(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """Turn a pydantic error location into "shop 's2': reminders.lead_minutes"."""
+    prefix = ""
+    parts = list(loc)
+    if len(parts) >= 2 and parts[0] == "shops" and isinstance(parts[1], int):
+        idx = parts[1]
+        shops = raw.get("shops") or []
+        sid = shops[idx].get("shop_id") if idx < len(shops) and isinstance(shops[idx], dict) else None
+        prefix = f"shop {sid!r}: " if sid else f"shops[{idx}]: "
+        parts = parts[2:]
+    key = ""
+    for p in parts:
+        key += f"[{p}]" if isinstance(p, int) else (f".{p}" if key else str(p))
+    return prefix + (key or "(top level)")
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = err.get("msg", "invalid")
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    if kind.startswith(("greater_than", "less_than")) or kind in {"literal_error", "int_parsing", "float_parsing", "string_type", "bool_parsing", "int_from_float", "list_type"}:
+        msg = f"{msg} (got {err.get('input')!r})"
+    return msg
+
+
+def parse_settings(raw: dict[str, Any], source: str = "<config>") -> Settings:
+    """Validate an already-parsed TOML document; raise ConfigError with one line."""
+    if not raw.get("shops"):
+        raise ConfigError(f"{source}: no [[shops]] defined (see shops.example.toml)")
+    raw = _apply_env(raw)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _DuplicateShop):
+            raise ConfigError(f"{source}: shops[{ctx_err.index}]: shop_id: duplicate shop_id {ctx_err.shop_id!r}") from None
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        where, msg = _where(raw, tuple(err["loc"])), _message(err)
+        sep = "" if msg.startswith("[") else ": "
+        raise ConfigError(f"{source}: {where}{sep}{msg}{more}") from None
+
+
+def _apply_env(raw: dict[str, Any]) -> dict[str, Any]:
+    raw = dict(raw)
+    for (section, key), var in _ENV.items():
+        if var in os.environ:
+            raw[section] = {**(raw.get(section) or {}), key: os.environ[var]}
+    return raw
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: configuration file not found (pass --config or set CRM_CONFIG; an example is shops.example.toml)")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot be read: {e}") from None
+    return parse_settings(raw, str(p))
+
+
+def resolve_paths(db: str | None, config: str | None) -> tuple[Path, Path]:
+    """--db/--config win over CRM_DB/CRM_CONFIG, which win over the defaults."""
+    return (
+        Path(db or os.environ.get("CRM_DB") or DEFAULT_DB),
+        Path(config or os.environ.get("CRM_CONFIG") or DEFAULT_CONFIG),
+    )

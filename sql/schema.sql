@@ -1,0 +1,105 @@
+-- The one DuckDB file's layout. Idempotent: run on every write connection.
+-- staging: typed, de-duplicated inputs (newest version of each key wins)
+-- marts:   analysis tables written by a plan
+-- ops:     operational state (manifest, quarantine, messages, validation results)
+CREATE SCHEMA IF NOT EXISTS staging;
+CREATE SCHEMA IF NOT EXISTS marts;
+CREATE SCHEMA IF NOT EXISTS ops;
+
+-- shops of the configuration, refreshed from the config file before each load or plan
+CREATE TABLE IF NOT EXISTS ops.shops (
+    shop_id         VARCHAR PRIMARY KEY,
+    name            VARCHAR,
+    timezone        VARCHAR NOT NULL,
+    locale          VARCHAR,
+    position        INTEGER NOT NULL,        -- order in the file; position 0 is the default zone
+    config_json     VARCHAR                  -- the shop's full resolved settings
+);
+
+-- what each ingest run read
+CREATE SEQUENCE IF NOT EXISTS ops.ingest_run_seq START 1;
+CREATE TABLE IF NOT EXISTS ops.ingest_runs (
+    ingest_id       INTEGER PRIMARY KEY,
+    landing_dir     VARCHAR NOT NULL,
+    started_at      TIMESTAMPTZ NOT NULL,
+    finished_at     TIMESTAMPTZ,
+    files_seen      INTEGER,
+    files_new       INTEGER,
+    rows_loaded     BIGINT,
+    rows_quarantined BIGINT,
+    status          VARCHAR                   -- 'ok', 'failed_validation'
+);
+
+-- the manifest: one row per file content ever loaded (a renamed copy has the same hash)
+CREATE TABLE IF NOT EXISTS ops.ingested_files (
+    file_hash       VARCHAR PRIMARY KEY,      -- sha256 of the bytes
+    entity          VARCHAR NOT NULL,
+    path            VARCHAR NOT NULL,         -- where it was first seen
+    size_bytes      BIGINT NOT NULL,
+    format          VARCHAR NOT NULL,         -- parquet, csv, ndjson
+    rows_read       BIGINT NOT NULL,
+    rows_quarantined BIGINT NOT NULL,
+    status          VARCHAR NOT NULL,         -- 'loaded' or 'quarantined' (unreadable as a whole)
+    ingest_id       INTEGER NOT NULL,
+    loaded_at       TIMESTAMPTZ NOT NULL
+);
+
+-- every rejected input row, with its file and the reason; never silently dropped
+CREATE TABLE IF NOT EXISTS ops.quarantine (
+    entity          VARCHAR NOT NULL,
+    source_file     VARCHAR NOT NULL,
+    row_number      BIGINT,                   -- data row in the file (1 = first row after a header); NULL: whole file
+    "row"           VARCHAR,                  -- the row as it was read (JSON object, or the raw line)
+    reason          VARCHAR NOT NULL,
+    ingest_id       INTEGER,
+    loaded_at       TIMESTAMPTZ NOT NULL
+);
+
+-- Great Expectations results, one row per expectation per run
+CREATE TABLE IF NOT EXISTS ops.validation_results (
+    run_kind        VARCHAR NOT NULL,         -- 'ingest', 'plan', 'dispatch'
+    run_ref         VARCHAR NOT NULL,         -- ingest_id or as_of
+    suite           VARCHAR NOT NULL,
+    expectation     VARCHAR NOT NULL,
+    column_name     VARCHAR,
+    critical        BOOLEAN NOT NULL,
+    success         BOOLEAN NOT NULL,
+    element_count   BIGINT,
+    unexpected_count BIGINT,
+    checked_at      TIMESTAMPTZ NOT NULL
+);
+
+-- staged inputs (CONTRACT §1), typed; _ingest_id/_file_ord/_row_number say where the winning version came from
+CREATE TABLE IF NOT EXISTS staging.orders (
+    order_id VARCHAR NOT NULL, shop_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL, platform VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL, paid_at TIMESTAMPTZ, shipped_at TIMESTAMPTZ, delivered_at TIMESTAMPTZ,
+    closed_at TIMESTAMPTZ, refunded_at TIMESTAMPTZ,
+    total_amount DECIMAL(18, 2) NOT NULL, currency VARCHAR NOT NULL, receiver_city VARCHAR,
+    updated_at TIMESTAMPTZ NOT NULL,
+    _source_file VARCHAR, _ingest_id INTEGER, _file_ord INTEGER, _row_number BIGINT
+);
+CREATE TABLE IF NOT EXISTS staging.order_items (
+    order_id VARCHAR NOT NULL, line_no INTEGER NOT NULL, product_id VARCHAR NOT NULL,
+    quantity INTEGER NOT NULL, unit_price DECIMAL(18, 2) NOT NULL,
+    _source_file VARCHAR, _ingest_id INTEGER, _file_ord INTEGER, _row_number BIGINT
+);
+CREATE TABLE IF NOT EXISTS staging.products (
+    product_id VARCHAR NOT NULL, shop_id VARCHAR NOT NULL, title VARCHAR NOT NULL, category VARCHAR NOT NULL,
+    style_tags VARCHAR[], followup_days INTEGER,
+    _source_file VARCHAR, _ingest_id INTEGER, _file_ord INTEGER, _row_number BIGINT
+);
+CREATE TABLE IF NOT EXISTS staging.customers (
+    customer_id VARCHAR NOT NULL, shop_id VARCHAR NOT NULL, name VARCHAR NOT NULL, phone VARCHAR, email VARCHAR,
+    city VARCHAR, member_level INTEGER NOT NULL, registered_at TIMESTAMPTZ NOT NULL, opt_out BOOLEAN NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    _source_file VARCHAR, _ingest_id INTEGER, _file_ord INTEGER, _row_number BIGINT
+);
+CREATE TABLE IF NOT EXISTS staging.reviews (
+    order_id VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL, rating INTEGER NOT NULL, text VARCHAR,
+    _source_file VARCHAR, _ingest_id INTEGER, _file_ord INTEGER, _row_number BIGINT
+);
+CREATE TABLE IF NOT EXISTS staging.suppressions (
+    customer_id VARCHAR, phone VARCHAR, email VARCHAR, channel VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL, reason VARCHAR,
+    _source_file VARCHAR, _ingest_id INTEGER, _file_ord INTEGER, _row_number BIGINT
+);

@@ -1,1 +1,247 @@
-print('x')
+"""The `crm` command (CONTRACT §9).
+
+Imports are lazy: `crm --help` must not pay for prefect, duckdb or great_expectations.
+Every failure the user can fix prints one line starting with ``error:`` and exits non-zero
+(2: bad input or configuration, 1: the run failed, e.g. a failed validation).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from crm.config import DEFAULT_CONFIG, DEFAULT_DB
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Payment reminders (催付) and follow-up visits (回访) for online shops.",
+)
+server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, so that each command skips Prefect's ~20 s start-up.")
+app.add_typer(server_app, name="server")
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+class Ctx:
+    db: Path
+    config: Path
+
+
+STATE = Ctx()
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main_options(
+    db: Path = typer.Option(DEFAULT_DB, "--db", envvar="CRM_DB", help="The DuckDB file.", show_default=True),
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", envvar="CRM_CONFIG", help="The shops configuration file."),
+) -> None:
+    STATE.db, STATE.config = db, config
+
+
+def _settings():
+    from crm.config import ConfigError, load_settings
+
+    try:
+        return load_settings(STATE.config)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def _run_flow(label: str, fn, /, **params):
+    """Run a flow in this process with a progress bar; turn known failures into one line."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from crm import orchestration, progress
+
+    where = orchestration.prepare(STATE.db)
+    if where == "ephemeral":
+        err.print("[dim]no Prefect server: starting a temporary one (~20 s). `crm server start` makes every command faster.[/]")
+    from crm.config import ConfigError
+    from crm.db import DatabaseLocked
+    from transforms.ingest import IngestError
+    from transforms.validate import ValidationFailed
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+
+        def report(what: str, units: int) -> None:
+            bar.update(task, description=f"{label}: {what}")
+
+        try:
+            with progress.reporting(report):
+                return fn(**params)
+        except (ConfigError, IngestError) as e:
+            fail(str(e))
+        except DatabaseLocked as e:
+            fail(str(e), 1)
+        except ValidationFailed as e:
+            fail(f"validation failed, nothing was loaded: {e}", 1)
+
+
+def _print_ingest(summary: dict) -> None:
+    from rich.table import Table
+
+    if not summary["files_new"]:
+        console.print(f"nothing new: all {summary['files_seen']} files were loaded before")
+        return
+    table = Table(title=f"ingest #{summary['ingest_id']}: {summary['files_new']} new of {summary['files_seen']} files")
+    for col in ("entity", "files", "rows read", "loaded", "quarantined"):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for name, c in summary["entities"].items():
+        table.add_row(name, str(c["files"]), f"{c['rows_read']:,}", f"{c['rows_loaded']:,}", f"{c['rows_quarantined']:,}")
+    console.print(table)
+    for f in summary["files_quarantined"]:
+        console.print(f"[yellow]quarantined whole file:[/] {f}")
+    for path in summary["ignored"]:
+        console.print(f"[yellow]ignored (not an entity folder):[/] {path}")
+    for w in summary["warnings"]:
+        console.print(f"[yellow]reported:[/] {w}")
+    if summary["rows_quarantined"] or summary["files_quarantined"]:
+        console.print("see the reasons with: crm quarantine")
+
+
+@app.command()
+def ingest(landing_dir: Path = typer.Argument(..., help="Folder with one subfolder per entity (orders/, customers/, …).")) -> None:
+    """Load the landing folder's new files (CONTRACT §1)."""
+    if not landing_dir.is_dir():
+        fail(f"{landing_dir}: landing folder not found")
+    _settings()
+    from flows.ingest import ingest_flow
+
+    summary = _run_flow("ingest", ingest_flow, landing_dir=str(landing_dir), db=str(STATE.db), config=str(STATE.config))
+    _print_ingest(summary)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", help="Where the demo landing folder and its shops.toml go."),
+    orders: int = typer.Option(30_000, "--orders", min=100, help="How many orders to generate."),
+    seed: int = typer.Option(7, "--seed"),
+) -> None:
+    """Make demo data (three shops, weeks of history, the seeds' situations) and run the pipeline on it."""
+    from crm.demo import generate
+
+    console.print(f"generating {orders:,} orders into {out}/ …")
+    summary = generate(out, orders=orders, seed=seed)
+    # the demo's own shops file, unless the user named one
+    if "--config" not in sys.argv and not _env("CRM_CONFIG"):
+        STATE.config = summary.config_path
+    _settings()
+    from flows.ingest import ingest_flow
+
+    result = _run_flow("ingest", ingest_flow, landing_dir=str(summary.landing_dir), db=str(STATE.db), config=str(STATE.config))
+    _print_ingest(result)
+    console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
+
+
+def _env(name: str) -> str:
+    import os
+
+    return os.environ.get(name, "")
+
+
+@app.command()
+def status() -> None:
+    """What the database holds: staged rows, quarantine, recent ingests."""
+    from rich.table import Table
+
+    from crm.db import connect
+
+    try:
+        con = connect(STATE.db, read_only=True)
+    except FileNotFoundError as e:
+        fail(str(e))
+    table = Table(title=str(STATE.db))
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for (schema, name) in con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name IN ('staging', 'marts', 'ops') "
+        "ORDER BY schema_name, table_name"
+    ).fetchall():
+        n = con.execute(f'SELECT count(*) FROM {schema}."{name}"').fetchone()[0]
+        table.add_row(f"{schema}.{name}", f"{n:,}")
+    console.print(table)
+    runs = con.execute("SELECT ingest_id, started_at, files_new, rows_loaded, rows_quarantined, status "
+                       "FROM ops.ingest_runs ORDER BY ingest_id DESC LIMIT 5").fetchall()
+    for r in runs:
+        console.print(f"ingest #{r[0]} at {r[1]:%Y-%m-%d %H:%M:%S}: {r[2]} files, {r[3]:,} rows loaded, {r[4]:,} quarantined ({r[5]})")
+
+
+@app.command()
+def quarantine(
+    entity: Optional[str] = typer.Option(None, "--entity", help="Only this entity."),
+    limit: int = typer.Option(20, "--limit", help="How many rows to show."),
+) -> None:
+    """The rejected input rows with their reasons (ops.quarantine)."""
+    from rich.table import Table
+
+    from crm.db import connect
+    from crm.redact import redact
+
+    try:
+        con = connect(STATE.db, read_only=True)
+    except FileNotFoundError as e:
+        fail(str(e))
+    where, params = ("WHERE entity = ?", [entity]) if entity else ("", [])
+    summary = con.execute(f"SELECT entity, count(*) FROM ops.quarantine {where} GROUP BY 1 ORDER BY 1", params).fetchall()
+    console.print(", ".join(f"{e}: {n:,}" for e, n in summary) or "the quarantine is empty")
+    rows = con.execute(
+        f"SELECT entity, source_file, row_number, reason, \"row\" FROM ops.quarantine {where} "
+        "ORDER BY loaded_at DESC, source_file, row_number LIMIT ?", params + [limit]).fetchall()
+    if rows:
+        table = Table()
+        for col in ("entity", "file", "row", "reason", "content (phones and emails masked)"):
+            table.add_column(col, overflow="fold")
+        for e, f, n, reason, row in rows:
+            table.add_row(e, Path(f).name, "whole file" if n is None else str(n), reason, redact(row or "")[:160])
+        console.print(table)
+
+
+@server_app.command("start")
+def server_start(port: int = typer.Option(4200, "--port")) -> None:
+    """Start a local Prefect server in the background (UI at http://127.0.0.1:PORT)."""
+    from crm import orchestration
+
+    try:
+        info = orchestration.start_server(STATE.db, port)
+    except RuntimeError as e:
+        fail(str(e), 1)
+    verb = "already running" if info.get("already") else "started"
+    console.print(f"Prefect server {verb} at {info['api_url']} (pid {info['pid']}); crm commands now record their runs there")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local Prefect server started by `crm server start`."""
+    from crm import orchestration
+
+    console.print("stopped" if orchestration.stop_server(STATE.db) else "no local server was started")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    from crm import orchestration
+
+    info = orchestration.running_server(STATE.db)
+    console.print(f"running at {info['api_url']} (pid {info['pid']})" if info else "not running")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -217,32 +217,19 @@ def _first_line(e: Exception) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
-def _land_parquet(con, entity: Entity, table: str, files: list[LandingFile], outcome: dict) -> None:
-    def read(batch: list[LandingFile]) -> None:
-        paths = [str(f.path) for f in batch]
-        con.execute("CREATE OR REPLACE TEMP TABLE _pq AS SELECT * FROM read_parquet(?, union_by_name = true, "
-                    "filename = true, file_row_number = true)", [paths])
-        ords = " ".join(f"WHEN {_sql_str(str(f.path))} THEN {f.order}" for f in batch)
-        meta = (f"NULL AS _raw, filename AS _source_file, CASE filename {ords} END AS _file_ord, "
-                "file_row_number + 1 AS _row_number")
-        con.execute(f"INSERT INTO {table} SELECT {_project(con, entity, '_pq', meta)} FROM _pq")
-        counts = dict(con.execute("SELECT filename, count(*) FROM _pq GROUP BY filename").fetchall())
-        for f in batch:
-            outcome[f.sha256] = ("loaded", counts.get(str(f.path), 0))
-        con.execute("DROP TABLE _pq")
-
-    if not files:
-        return
+def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
+    # one file at a time: a union of files would give a naive and an aware timestamp column one type
     try:
-        read(files)
-    except duckdb.Error:
-        # one bad file spoils a batch read: read them one by one to find it
-        for f in files:
-            try:
-                read([f])
-            except duckdb.Error as e:
-                _quarantine_file(con, entity.name, f, f"unreadable parquet file: {_first_line(e)}")
-                outcome[f.sha256] = ("quarantined", 0)
+        con.execute("CREATE OR REPLACE TEMP TABLE _pq AS SELECT * FROM read_parquet(?, file_row_number = true)",
+                    [str(f.path)])
+    except duckdb.Error as e:
+        _quarantine_file(con, entity.name, f, f"unreadable parquet file: {_first_line(e)}")
+        outcome[f.sha256] = ("quarantined", 0)
+        return
+    meta = f"NULL AS _raw, {_sql_str(str(f.path))} AS _source_file, {f.order} AS _file_ord, file_row_number + 1 AS _row_number"
+    rows = con.execute(f"INSERT INTO {table} SELECT {_project(con, entity, '_pq', meta)} FROM _pq").fetchone()[0]
+    outcome[f.sha256] = ("loaded", rows)
+    con.execute("DROP TABLE _pq")
 
 
 def _land_csv(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
@@ -387,9 +374,10 @@ def land(con: duckdb.DuckDBPyConnection, new: list[LandingFile], step: Step | No
             if f.format is None:
                 _quarantine_file(con, entity.name, f, "unsupported file type (expected .parquet, .csv or .ndjson)")
                 outcome[f.sha256] = ("quarantined", 0)
-        _land_parquet(con, entity, table, [f for f in mine if f.format == "parquet"], outcome)
         for f in mine:
-            if f.format == "csv":
+            if f.format == "parquet":
+                _land_parquet(con, entity, table, f, outcome)
+            elif f.format == "csv":
                 _land_csv(con, entity, table, f, outcome)
         _land_ndjson(con, entity, table, [f for f in mine if f.format == "ndjson"], outcome)
         if step and mine:

@@ -1,0 +1,103 @@
+"""Shared fixtures: a small landing folder builder, a config file and a real DuckDB file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from crm.config import load_settings
+from crm.db import connect, sync_shops
+
+TWO_SHOPS = """
+[[shops]]
+shop_id = "s1"
+timezone = "Asia/Shanghai"
+
+[[shops]]
+shop_id = "s2"
+timezone = "America/New_York"
+"""
+
+
+class Landing:
+    """Writes drop files into <root>/<entity>/ in any of the three formats."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, entity: str, name: str) -> Path:
+        folder = self.root / entity
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
+    def csv(self, entity: str, name: str, rows: list[dict], header: list[str] | None = None) -> Path:
+        path = self._path(entity, name)
+        header = header or list(dict.fromkeys(k for r in rows for k in r))
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=header)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        return path
+
+    def ndjson(self, entity: str, name: str, rows: list[dict]) -> Path:
+        path = self._path(entity, name)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    def parquet(self, entity: str, name: str, rows: list[dict] | pl.DataFrame) -> Path:
+        path = self._path(entity, name)
+        frame = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+        frame.write_parquet(path)
+        return path
+
+    def raw(self, entity: str, name: str, content: bytes | str) -> Path:
+        path = self._path(entity, name)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return path
+
+
+def order(order_id: str, /, **kw) -> dict:
+    """An order row with sensible defaults (shop s1, created 2026-11-20 10:00 Shanghai)."""
+    row = {"order_id": order_id, "shop_id": "s1", "customer_id": "c1", "platform": "taobao",
+           "created_at": "2026-11-20T10:00:00+08:00", "paid_at": None, "total_amount": "99.00",
+           "updated_at": "2026-11-20T10:00:00+08:00"}
+    row.update(kw)
+    return row
+
+
+def customer(customer_id: str, /, **kw) -> dict:
+    row = {"customer_id": customer_id, "shop_id": "s1", "name": "张三", "phone": "13800000001",
+           "email": "a@example.com", "member_level": "1", "registered_at": "2026-01-01T00:00:00+08:00",
+           "opt_out": "false", "updated_at": "2026-01-01T00:00:00+08:00"}
+    row.update(kw)
+    return row
+
+
+@pytest.fixture
+def landing(tmp_path: Path) -> Landing:
+    return Landing(tmp_path / "landing")
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    path = tmp_path / "shops.toml"
+    path.write_text(TWO_SHOPS, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "crm.duckdb"
+
+
+@pytest.fixture
+def con(db_path: Path, config_path: Path):
+    c = connect(db_path)
+    sync_shops(c, load_settings(config_path))
+    yield c
+    c.close()

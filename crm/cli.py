@@ -59,13 +59,18 @@ def _settings():
         fail(str(e))
 
 
-def _run_flow(label: str, fn, /, **params):
-    """Run a flow in this process with a progress bar; turn known failures into one line."""
+def _run_flow(label: str, target: str, /, **params):
+    """Run the flow `module:function` in this process with a progress bar; known failures become one line.
+    Prefect reads its settings when imported, so the flow is imported only after `prepare`."""
+    import importlib
+
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from crm import orchestration, progress
 
     where = orchestration.prepare(STATE.db)
+    module, _, name = target.partition(":")
+    fn = getattr(importlib.import_module(module), name)
     if where == "ephemeral":
         err.print("[dim]no Prefect server: starting a temporary one (~20 s). `crm server start` makes every command faster.[/]")
     from crm.config import ConfigError
@@ -119,9 +124,7 @@ def ingest(landing_dir: Path = typer.Argument(..., help="Folder with one subfold
     if not landing_dir.is_dir():
         fail(f"{landing_dir}: landing folder not found")
     _settings()
-    from flows.ingest import ingest_flow
-
-    summary = _run_flow("ingest", ingest_flow, landing_dir=str(landing_dir), db=str(STATE.db), config=str(STATE.config))
+    summary = _run_flow("ingest", "flows.ingest:ingest_flow", landing_dir=str(landing_dir), db=str(STATE.db), config=str(STATE.config))
     _print_ingest(summary)
 
 
@@ -140,9 +143,7 @@ def demo(
     if "--config" not in sys.argv and not _env("CRM_CONFIG"):
         STATE.config = summary.config_path
     _settings()
-    from flows.ingest import ingest_flow
-
-    result = _run_flow("ingest", ingest_flow, landing_dir=str(summary.landing_dir), db=str(STATE.db), config=str(STATE.config))
+    result = _run_flow("ingest", "flows.ingest:ingest_flow", landing_dir=str(summary.landing_dir), db=str(STATE.db), config=str(STATE.config))
     _print_ingest(result)
     console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
 

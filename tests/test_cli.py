@@ -1,0 +1,105 @@
+"""The `crm` command as a user runs it: a real process, a real DuckDB file, a real Prefect server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from conftest import Landing, customer, order
+
+BIN = Path(sys.executable).parent / "crm"
+
+
+def crm(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200", **(env or {})}
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_help_is_instant_because_it_imports_no_prefect():
+    probe = subprocess.run([sys.executable, "-c", "import sys, crm.cli; print(sorted(m for m in sys.modules "
+                            "if m.split('.')[0] in {'prefect', 'duckdb', 'great_expectations', 'polars'}))"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "[]"
+    result = crm("--help")
+    assert result.returncode == 0 and "ingest" in result.stdout and "CRM_DB" in result.stdout
+
+
+def test_missing_landing_folder(tmp_path, config_path):
+    line = one_error_line(crm("--db", str(tmp_path / "x.duckdb"), "--config", str(config_path), "ingest", str(tmp_path / "nope")))
+    assert "nope: landing folder not found" in line
+    assert not (tmp_path / "x.duckdb").exists(), "nothing was written"
+
+
+def test_bad_configuration_names_file_shop_and_key(tmp_path, landing):
+    landing.csv("orders", "o.csv", [order("o1")])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[shops]]\nshop_id = "s1"\n[shops.visits]\nwindows = ["11:00-10:00"]\n')
+    line = one_error_line(crm("--config", str(bad), "--db", str(tmp_path / "x.duckdb"), "ingest", str(landing.root)))
+    assert str(bad) in line and "shop 's1'" in line and "visits.windows[0]" in line
+
+
+def test_missing_configuration_via_environment(tmp_path, landing):
+    landing.csv("orders", "o.csv", [order("o1")])
+    line = one_error_line(crm("ingest", str(landing.root), env={"CRM_CONFIG": str(tmp_path / "none.toml"),
+                                                                  "CRM_DB": str(tmp_path / "x.duckdb")}))
+    assert "none.toml: configuration file not found" in line
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_server(tmp_path_factory):
+    """`crm server start` as a user would: a real Prefect server on 127.0.0.1."""
+    home = tmp_path_factory.mktemp("srv")
+    db = home / "crm.duckdb"
+    env = {"PREFECT_API_URL": ""}
+    started = crm("--db", str(db), "server", "start", "--port", str(_free_port()), env=env)
+    assert started.returncode == 0, started.stderr + started.stdout
+    yield db
+    crm("--db", str(db), "server", "stop", env=env)
+
+
+def test_ingest_runs_as_a_prefect_flow_on_the_local_server(local_server, tmp_path, config_path):
+    db = local_server
+    landing = Landing(tmp_path / "landing")
+    landing.csv("customers", "c.csv", [customer("c1")])
+    landing.csv("orders", "o.csv", [order("o1"), order("o2", total_amount="-5")])
+    env = {"PREFECT_API_URL": ""}          # found through the state file beside the database
+    result = crm("--db", str(db), "--config", str(config_path), "ingest", str(landing.root), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "ingest #1" in result.stdout and "crm quarantine" in result.stdout
+    assert "Starting temporary server" not in result.stderr, "the local server was used, not an ephemeral one"
+
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM staging.orders").fetchone()[0] == 1
+    assert con.execute("SELECT reason FROM ops.quarantine").fetchall() == [("negative total_amount -5.00",)]
+    con.close()
+
+    status = crm("--db", str(db), "server", "status", env=env)
+    api = status.stdout.split("running at ")[1].split()[0]
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).json()
+    assert any(r["parameters"].get("landing_dir") == str(landing.root) for r in runs)
+
+    again = crm("--db", str(db), "--config", str(config_path), "ingest", str(landing.root), env=env)
+    assert again.returncode == 0 and "nothing new" in again.stdout
+
+    shown = crm("--db", str(db), "quarantine", env=env)
+    assert shown.returncode == 0 and "negative total_amount" in shown.stdout and "13800000001" not in shown.stdout

@@ -1,28 +1,33 @@
 -- Parsing helpers shared by the staging models; created as TEMP macros on every connection.
+-- Each takes text already cleaned by crm_text (trimmed, blank = NULL), so nothing is trimmed twice.
+
 -- blank text is missing
 CREATE OR REPLACE TEMP MACRO crm_text(s) AS nullif(trim(s), '');
--- an ISO 8601 timestamp that carries its own offset ('Z', '+08', '+08:00', '+0800')
-CREATE OR REPLACE TEMP MACRO crm_has_offset(s) AS
-    regexp_matches(s, '[T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*([Zz]|[+-]\d{2}(:?\d{2})?)$');
+-- an ISO 8601 timestamp that carries its own offset ('Z', '+08', '+08:00', '+0800', '-05:00'):
+-- after the date part (10 characters) a '+' or '-' can only start an offset
+CREATE OR REPLACE TEMP MACRO crm_has_offset(t) AS
+    length(t) > 10 AND (right(t, 1) IN ('Z', 'z') OR contains(t[11:], '+') OR contains(t[11:], '-'));
 -- with an offset: absolute; without one: local time in zone tz (correct across DST)
-CREATE OR REPLACE TEMP MACRO crm_ts(s, tz) AS
-    CASE WHEN crm_text(s) IS NULL THEN NULL
-         WHEN crm_has_offset(trim(s)) THEN try_cast(trim(s) AS TIMESTAMPTZ)
-         ELSE timezone(tz, try_cast(trim(s) AS TIMESTAMP)) END;
--- whole numbers only: '2' and '2.0' parse, '2.5' and 'two' do not
-CREATE OR REPLACE TEMP MACRO crm_int(s) AS
-    CASE WHEN try_cast(trim(s) AS DOUBLE) = floor(try_cast(trim(s) AS DOUBLE))
-              AND abs(try_cast(trim(s) AS DOUBLE)) < 2147483647
-         THEN try_cast(try_cast(trim(s) AS DOUBLE) AS INTEGER) END;
-CREATE OR REPLACE TEMP MACRO crm_money(s) AS try_cast(trim(s) AS DECIMAL(18, 2));
-CREATE OR REPLACE TEMP MACRO crm_bool(s) AS
-    CASE WHEN crm_text(s) IS NULL THEN NULL
-         WHEN lower(trim(s)) IN ('true', 't', '1', 'yes', 'y') THEN true
-         WHEN lower(trim(s)) IN ('false', 'f', '0', 'no', 'n') THEN false END;
+CREATE OR REPLACE TEMP MACRO crm_ts(t, tz) AS
+    CASE WHEN crm_has_offset(t) THEN try_cast(t AS TIMESTAMPTZ)
+         ELSE timezone(tz, try_cast(t AS TIMESTAMP)) END;
+-- whole numbers only: '2' and '2.0' parse, '2.5' and 'two' do not (DuckDB's own cast rounds '2.5')
+CREATE OR REPLACE TEMP MACRO crm_int(t) AS
+    CASE WHEN NOT contains(t, '.') THEN try_cast(t AS INTEGER)
+         WHEN try_cast(t AS DOUBLE) = floor(try_cast(t AS DOUBLE)) AND abs(try_cast(t AS DOUBLE)) < 2147483647
+         THEN try_cast(try_cast(t AS DOUBLE) AS INTEGER) END;
+CREATE OR REPLACE TEMP MACRO crm_money(t) AS try_cast(t AS DECIMAL(18, 2));
+CREATE OR REPLACE TEMP MACRO crm_bool(t) AS
+    CASE WHEN lower(t) IN ('true', 't', '1', 'yes', 'y') THEN true
+         WHEN lower(t) IN ('false', 'f', '0', 'no', 'n') THEN false END;
+-- a phone number compared by its digits (and a leading +)
+CREATE OR REPLACE TEMP MACRO crm_phone(t) AS nullif(regexp_replace(t, '[^0-9+]', '', 'g'), '');
+
 -- reason fragments: NULL when the value is fine
-CREATE OR REPLACE TEMP MACRO crm_need(name, raw) AS
-    CASE WHEN crm_text(raw) IS NULL THEN 'missing ' || name END;
-CREATE OR REPLACE TEMP MACRO crm_unparsable(name, raw, val) AS
-    CASE WHEN crm_text(raw) IS NOT NULL AND val IS NULL THEN 'unparsable ' || name || ' ' || to_json(raw) END;
-CREATE OR REPLACE TEMP MACRO crm_required(name, raw, val) AS
-    coalesce(crm_need(name, raw), crm_unparsable(name, raw, val));
+CREATE OR REPLACE TEMP MACRO crm_need(name, t) AS
+    CASE WHEN t IS NULL THEN 'missing ' || name END;
+CREATE OR REPLACE TEMP MACRO crm_unparsable(name, t, val) AS
+    CASE WHEN t IS NOT NULL AND val IS NULL THEN 'unparsable ' || name || ' ' || to_json(t) END;
+CREATE OR REPLACE TEMP MACRO crm_required(name, t, val) AS
+    CASE WHEN t IS NULL THEN 'missing ' || name
+         WHEN val IS NULL THEN 'unparsable ' || name || ' ' || to_json(t) END;

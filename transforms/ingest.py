@@ -219,17 +219,16 @@ def _first_line(e: Exception) -> str:
 
 def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
     # one file at a time: a union of files would give a naive and an aware timestamp column one type
+    scan = f"read_parquet({_sql_str(str(f.path))}, file_row_number = true)"
+    meta = f"NULL AS _raw, {_sql_str(str(f.path))} AS _source_file, {f.order} AS _file_ord, file_row_number + 1 AS _row_number"
     try:
-        con.execute("CREATE OR REPLACE TEMP TABLE _pq AS SELECT * FROM read_parquet(?, file_row_number = true)",
-                    [str(f.path)])
+        select = _project(con, entity, f"(SELECT * FROM {scan})", meta)
+        rows = con.execute(f"INSERT INTO {table} SELECT {select} FROM {scan}").fetchone()[0]
     except duckdb.Error as e:
         _quarantine_file(con, entity.name, f, f"unreadable parquet file: {_first_line(e)}")
         outcome[f.sha256] = ("quarantined", 0)
         return
-    meta = f"NULL AS _raw, {_sql_str(str(f.path))} AS _source_file, {f.order} AS _file_ord, file_row_number + 1 AS _row_number"
-    rows = con.execute(f"INSERT INTO {table} SELECT {_project(con, entity, '_pq', meta)} FROM _pq").fetchone()[0]
     outcome[f.sha256] = ("loaded", rows)
-    con.execute("DROP TABLE _pq")
 
 
 def _land_csv(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
@@ -338,11 +337,14 @@ def _merge(con, entity: Entity, ingest_id: int) -> int:
     else:
         key = ", ".join(entity.key)
         newest = "updated_at DESC, " if entity.versioned else ""
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _win AS SELECT * EXCLUDE (_reject_reason), {ingest_id} AS _ingest_id "
-            f"FROM stg_{name} WHERE _reject_reason IS NULL "
-            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {newest}_file_ord DESC, _row_number DESC) = 1"
-        )
+        winners = (f"SELECT * EXCLUDE (_reject_reason), {ingest_id} AS _ingest_id "
+                   f"FROM stg_{name} WHERE _reject_reason IS NULL "
+                   f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {newest}_file_ord DESC, _row_number DESC) = 1")
+        if con.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {target})").fetchone()[0]:
+            # first load: nothing to replace
+            con.execute(f"INSERT INTO {target} BY NAME {winners}")
+            return con.execute(f"SELECT count(*) FROM stg_{name} WHERE _reject_reason IS NULL").fetchone()[0]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _win AS {winners}")
         on = " AND ".join(f"t.{c} = w.{c}" for c in entity.key)
         # this run is a later drop than anything loaded: on equal updated_at, it wins
         newer = " AND w.updated_at >= t.updated_at" if entity.versioned else ""

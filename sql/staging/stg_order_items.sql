@@ -4,20 +4,24 @@ with source as (
     select * from land_order_items
 ),
 
-renamed as (
+cleaned as (
     select
         -- keys
-        crm_text(order_id)        as order_id,
-        crm_int(line_no)          as line_no,
-        crm_text(product_id)      as product_id,
-        -- quantities
-        crm_int(quantity)         as quantity,
-        crm_money(unit_price)     as unit_price,
-        -- raw text, kept for the checks
-        line_no as line_no_raw, quantity as quantity_raw, unit_price as unit_price_raw,
+        crm_text(order_id) as order_id, crm_text(line_no) as line_no_txt, crm_text(product_id) as product_id,
+        -- quantities as text
+        crm_text(quantity) as quantity_txt, crm_text(unit_price) as unit_price_txt,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
+),
+
+typed as (
+    select
+        cleaned.*,
+        crm_int(line_no_txt)           as line_no,
+        crm_int(quantity_txt)          as quantity,
+        crm_money(unit_price_txt)      as unit_price
+    from cleaned
 ),
 
 checked as (
@@ -25,14 +29,14 @@ checked as (
         *,
         concat_ws('; ',
             crm_need('order_id', order_id),
-            crm_required('line_no', line_no_raw, line_no),
+            crm_required('line_no', line_no_txt, line_no),
             crm_need('product_id', product_id),
-            crm_required('quantity', quantity_raw, quantity),
+            crm_required('quantity', quantity_txt, quantity),
             case when quantity <= 0 then 'quantity must be > 0, got ' || quantity end,
-            crm_required('unit_price', unit_price_raw, unit_price),
+            crm_required('unit_price', unit_price_txt, unit_price),
             case when unit_price < 0 then 'negative unit_price ' || unit_price end
         ) as reasons
-    from renamed
+    from typed
 ),
 
 final as (

@@ -4,35 +4,41 @@ with source as (
     select * from land_orders
 ),
 
-renamed as (
+cleaned as (
     select
         -- keys
-        crm_text(source.order_id)                         as order_id,
-        crm_text(source.shop_id)                          as shop_id,
-        crm_text(source.customer_id)                      as customer_id,
-        crm_text(source.platform)                         as platform,
-        shops.timezone                                    as tz,
-        -- raw text, kept for the checks
-        source.created_at as created_at_raw, source.paid_at as paid_at_raw,
-        source.shipped_at as shipped_at_raw, source.delivered_at as delivered_at_raw,
-        source.closed_at as closed_at_raw, source.refunded_at as refunded_at_raw,
-        source.updated_at as updated_at_raw, source.total_amount as total_amount_raw,
-        -- timestamps, naive ones in the shop's zone
-        crm_ts(source.created_at, shops.timezone)         as created_at,
-        crm_ts(source.paid_at, shops.timezone)            as paid_at,
-        crm_ts(source.shipped_at, shops.timezone)         as shipped_at,
-        crm_ts(source.delivered_at, shops.timezone)       as delivered_at,
-        crm_ts(source.closed_at, shops.timezone)          as closed_at,
-        crm_ts(source.refunded_at, shops.timezone)        as refunded_at,
-        crm_ts(source.updated_at, shops.timezone)         as updated_at,
-        -- money and place
-        crm_money(source.total_amount)                    as total_amount,
-        coalesce(upper(crm_text(source.currency)), 'CNY') as currency,
-        crm_text(source.receiver_city)                    as receiver_city,
+        crm_text(order_id) as order_id, crm_text(shop_id) as shop_id,
+        crm_text(customer_id) as customer_id, crm_text(platform) as platform,
+        -- timestamps as text
+        crm_text(created_at) as created_at_txt, crm_text(paid_at) as paid_at_txt,
+        crm_text(shipped_at) as shipped_at_txt, crm_text(delivered_at) as delivered_at_txt,
+        crm_text(closed_at) as closed_at_txt, crm_text(refunded_at) as refunded_at_txt,
+        crm_text(updated_at) as updated_at_txt,
+        -- money and place as text
+        crm_text(total_amount) as total_amount_txt, crm_text(currency) as currency_txt,
+        crm_text(receiver_city) as receiver_city,
         -- lineage
-        source._source_file, source._file_ord, source._row_number
+        _source_file, _file_ord, _row_number
     from source
-    left join ops.shops as shops on shops.shop_id = crm_text(source.shop_id)
+),
+
+typed as (
+    select
+        cleaned.*,
+        shops.timezone                                    as tz,
+        -- timestamps, naive ones in the shop's zone
+        crm_ts(created_at_txt, shops.timezone)            as created_at,
+        crm_ts(paid_at_txt, shops.timezone)               as paid_at,
+        crm_ts(shipped_at_txt, shops.timezone)            as shipped_at,
+        crm_ts(delivered_at_txt, shops.timezone)          as delivered_at,
+        crm_ts(closed_at_txt, shops.timezone)             as closed_at,
+        crm_ts(refunded_at_txt, shops.timezone)           as refunded_at,
+        crm_ts(updated_at_txt, shops.timezone)            as updated_at,
+        -- money
+        crm_money(total_amount_txt)                       as total_amount,
+        coalesce(upper(currency_txt), 'CNY')              as currency
+    from cleaned
+    left join ops.shops as shops on shops.shop_id = cleaned.shop_id
 ),
 
 checked as (
@@ -45,18 +51,18 @@ checked as (
             crm_need('customer_id', customer_id),
             crm_need('platform', platform),
             case when tz is not null then nullif(concat_ws('; ',
-                crm_required('created_at', created_at_raw, created_at),
-                crm_unparsable('paid_at', paid_at_raw, paid_at),
-                crm_unparsable('shipped_at', shipped_at_raw, shipped_at),
-                crm_unparsable('delivered_at', delivered_at_raw, delivered_at),
-                crm_unparsable('closed_at', closed_at_raw, closed_at),
-                crm_unparsable('refunded_at', refunded_at_raw, refunded_at),
-                crm_required('updated_at', updated_at_raw, updated_at)), '') end,
-            crm_required('total_amount', total_amount_raw, total_amount),
+                crm_required('created_at', created_at_txt, created_at),
+                crm_unparsable('paid_at', paid_at_txt, paid_at),
+                crm_unparsable('shipped_at', shipped_at_txt, shipped_at),
+                crm_unparsable('delivered_at', delivered_at_txt, delivered_at),
+                crm_unparsable('closed_at', closed_at_txt, closed_at),
+                crm_unparsable('refunded_at', refunded_at_txt, refunded_at),
+                crm_required('updated_at', updated_at_txt, updated_at)), '') end,
+            crm_required('total_amount', total_amount_txt, total_amount),
             case when total_amount < 0 then 'negative total_amount ' || total_amount end,
             case when paid_at < created_at then 'paid_at before created_at' end
         ) as reasons
-    from renamed
+    from typed
 ),
 
 final as (

@@ -3,24 +3,28 @@ with source as (
     select * from land_products
 ),
 
-renamed as (
+cleaned as (
     select
         -- keys
-        crm_text(source.product_id)                       as product_id,
-        crm_text(source.shop_id)                          as shop_id,
-        shops.timezone                                    as tz,
+        crm_text(product_id) as product_id, crm_text(shop_id) as shop_id,
         -- description
-        crm_text(source.title)                            as title,
-        crm_text(source.category)                         as category,
-        -- 'cute;gift' -> ['cute', 'gift'] (lower case, blanks dropped)
-        list_filter(list_transform(string_split(coalesce(source.style_tags, ''), ';'), t -> lower(trim(t))),
-                    t -> t <> '')                         as style_tags,
-        crm_int(source.followup_days)                     as followup_days,
-        source.followup_days                              as followup_days_raw,
+        crm_text(title) as title, crm_text(category) as category,
+        style_tags as style_tags_txt, crm_text(followup_days) as followup_days_txt,
         -- lineage
-        source._source_file, source._file_ord, source._row_number
+        _source_file, _file_ord, _row_number
     from source
-    left join ops.shops as shops on shops.shop_id = crm_text(source.shop_id)
+),
+
+typed as (
+    select
+        cleaned.*,
+        shops.timezone                                    as tz,
+        -- 'cute;gift' -> ['cute', 'gift'] (lower case, blanks dropped)
+        list_filter(list_transform(string_split(coalesce(style_tags_txt, ''), ';'), t -> lower(trim(t))),
+                    t -> t <> '')                         as style_tags,
+        crm_int(followup_days_txt)                        as followup_days
+    from cleaned
+    left join ops.shops as shops on shops.shop_id = cleaned.shop_id
 ),
 
 checked as (
@@ -32,10 +36,10 @@ checked as (
                      case when tz is null then 'unknown shop_id ' || to_json(shop_id) end),
             crm_need('title', title),
             crm_need('category', category),
-            crm_unparsable('followup_days', followup_days_raw, followup_days),
+            crm_unparsable('followup_days', followup_days_txt, followup_days),
             case when followup_days < 0 then 'negative followup_days ' || followup_days end
         ) as reasons
-    from renamed
+    from typed
 ),
 
 final as (

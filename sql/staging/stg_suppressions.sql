@@ -4,22 +4,24 @@ with source as (
     select * from land_suppressions
 ),
 
-renamed as (
+cleaned as (
     select
-        -- who
-        crm_text(source.customer_id)                      as customer_id,
-        crm_text(source.phone)                            as phone,
-        lower(crm_text(source.email))                     as email,
+        -- who: a phone compared by its digits, an email in lower case
+        crm_text(customer_id) as customer_id, crm_phone(crm_text(phone)) as phone,
+        lower(crm_text(email)) as email,
         -- what
-        lower(crm_text(source.channel))                   as channel,
-        crm_ts(source.created_at, coalesce(shops.timezone, default_shop.timezone)) as created_at,
-        crm_text(source.reason)                           as reason,
-        -- raw text, kept for the checks
-        source.created_at as created_at_raw, source.channel as channel_raw,
+        lower(crm_text(channel)) as channel, crm_text(created_at) as created_at_txt, crm_text(reason) as reason,
         -- lineage
-        source._source_file, source._file_ord, source._row_number
+        _source_file, _file_ord, _row_number
     from source
-    left join staging.customers as customers on customers.customer_id = crm_text(source.customer_id)
+),
+
+typed as (
+    select
+        cleaned.*,
+        crm_ts(created_at_txt, coalesce(shops.timezone, default_shop.timezone)) as created_at
+    from cleaned
+    left join staging.customers as customers on customers.customer_id = cleaned.customer_id
     left join ops.shops as shops on shops.shop_id = customers.shop_id
     cross join (select timezone from ops.shops where position = 0) as default_shop
 ),
@@ -30,12 +32,12 @@ checked as (
         concat_ws('; ',
             case when customer_id is null and phone is null and email is null
                  then 'names no customer_id, phone or email' end,
-            coalesce(crm_need('channel', channel_raw),
+            coalesce(crm_need('channel', channel),
                      case when channel not in ('sms', 'email', 'call', 'all')
-                          then 'channel must be sms, email, call or all, got ' || to_json(channel_raw) end),
-            crm_required('created_at', created_at_raw, created_at)
+                          then 'channel must be sms, email, call or all, got ' || to_json(channel) end),
+            crm_required('created_at', created_at_txt, created_at)
         ) as reasons
-    from renamed
+    from typed
 ),
 
 final as (

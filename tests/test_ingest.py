@@ -309,3 +309,25 @@ def test_database_file_holds_the_result(db_path, con, landing):
     again = duckdb.connect(str(db_path), read_only=True)
     assert again.execute("SELECT count(*) FROM staging.orders").fetchone()[0] == 1
     again.close()
+
+
+# ---------------------------------------------------------------------------------- parsing macros
+
+@pytest.mark.parametrize("text,expected", [
+    ("2026-11-20T10:00:00+08:00", "2026-11-20T02:00:00+00:00"),
+    ("2026-11-20T10:00:00+0800", "2026-11-20T02:00:00+00:00"),
+    ("2026-11-20 10:00:00+08", "2026-11-20T02:00:00+00:00"),
+    ("2026-11-20T10:00:00Z", "2026-11-20T10:00:00+00:00"),
+    ("2026-11-20T10:00:00.250-05:00", "2026-11-20T15:00:00.250000+00:00"),
+    ("2026-11-20T10:00:00", "2026-11-20T02:00:00+00:00"),        # naive: Shanghai
+    ("2026-11-20", "2026-11-19T16:00:00+00:00"),                 # a date alone is local midnight, not '-20' offset
+    ("20/11/2026 10:00", None),
+])
+def test_timestamp_forms(con, text, expected):
+    got = con.execute("SELECT crm_ts(crm_text(?), 'Asia/Shanghai')", [text]).fetchone()[0]
+    assert got == (utc(expected) if expected else None)
+
+
+@pytest.mark.parametrize("text,expected", [("2", 2), ("2.0", 2), (" 7 ", 7), ("2.5", None), ("two", None), ("", None)])
+def test_whole_numbers(con, text, expected):
+    assert con.execute("SELECT crm_int(crm_text(?))", [text]).fetchone()[0] == expected

@@ -61,11 +61,39 @@ def connect(path: str | Path, *, read_only: bool = False, wait_seconds: float = 
     return con
 
 
+SHOP_COLUMNS = """
+    shop_id VARCHAR PRIMARY KEY, name VARCHAR, timezone VARCHAR NOT NULL, locale VARCHAR, team_email VARCHAR,
+    position INTEGER NOT NULL, distribution_platforms VARCHAR[],
+    strategy VARCHAR, cutoff_minutes INTEGER[], lead_minutes INTEGER, delay_minutes INTEGER,
+    min_age_minutes INTEGER, auto_close_minutes INTEGER, close_margin_minutes INTEGER,
+    quiet_start INTEGER, quiet_end INTEGER, daily_cap INTEGER, second_purchase_offer VARCHAR,
+    channel_new VARCHAR, channel_second VARCHAR, channel_repeat VARCHAR, holdout_rate DOUBLE,
+    visit_trigger VARCHAR, followup_days INTEGER, grace_days INTEGER,
+    window_start_minutes INTEGER[], window_end_minutes INTEGER[], manual_capacity INTEGER,
+    high_value_amount DOUBLE, complaint_keywords VARCHAR[], auto_channel VARCHAR, gift_ratio DOUBLE,
+    config_json VARCHAR
+"""
+
+
 def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
-    """Mirror the configured shops into ops.shops (the SQL models join it for time zones)."""
-    rows = [
-        (s.shop_id, s.display_name, s.timezone, s.locale, i, json.dumps(s.model_dump(), ensure_ascii=False))
-        for i, s in enumerate(settings.shops)
-    ]
-    con.execute("DELETE FROM ops.shops")
-    con.executemany("INSERT INTO ops.shops VALUES (?, ?, ?, ?, ?, ?)", rows)
+    """Mirror the configured shops into ops.shops, typed (times of day as minutes), for the SQL models."""
+    from crm.config import minutes_of
+
+    rows = []
+    for i, s in enumerate(settings.shops):
+        r, v = s.reminders, s.visits
+        quiet = [minutes_of(t) for t in r.quiet_hours] or [None, None]
+        windows = [w.split("-") for w in v.windows]
+        rows.append((
+            s.shop_id, s.display_name, s.timezone, s.locale, s.team_email, i, list(s.distribution_platforms),
+            r.strategy, [minutes_of(c) for c in r.shipping_cutoffs], r.lead_minutes, r.delay_minutes,
+            r.min_age_minutes, r.auto_close_minutes, r.close_margin_minutes, quiet[0], quiet[1], r.daily_cap,
+            r.second_purchase_offer, r.channels.new, r.channels.second, r.channels.repeat, r.holdout_rate,
+            v.trigger, v.followup_days, v.grace_days, [minutes_of(a) for a, _ in windows],
+            [minutes_of(b) for _, b in windows], v.manual_capacity, float(v.high_value_amount),
+            list(v.complaint_keywords), v.auto_channel, v.gift_ratio,
+            json.dumps(s.model_dump(), ensure_ascii=False),
+        ))
+    con.execute(f"CREATE OR REPLACE TABLE ops.shops ({SHOP_COLUMNS})")
+    placeholders = ", ".join("?" * len(rows[0]))
+    con.executemany(f"INSERT INTO ops.shops VALUES ({placeholders})", rows)

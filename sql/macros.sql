@@ -7,10 +7,19 @@ CREATE OR REPLACE TEMP MACRO crm_text(s) AS nullif(trim(s), '');
 -- after the date part (10 characters) a '+' or '-' can only start an offset
 CREATE OR REPLACE TEMP MACRO crm_has_offset(t) AS
     length(t) > 10 AND (right(t, 1) IN ('Z', 'z') OR contains(t[11:], '+') OR contains(t[11:], '-'));
--- with an offset: absolute; without one: local time in zone tz (correct across DST)
+-- a local wall-clock time in zone tz as an instant. Across DST: a time that happens twice is the
+-- first one, a time that does not exist takes the offset from before the change (Python's fold=0)
+CREATE OR REPLACE TEMP MACRO crm_utc(l, tz) AS
+    CASE WHEN timezone(tz, timezone(tz, l) - INTERVAL 1 HOUR) = l
+         THEN timezone(tz, l) - INTERVAL 1 HOUR ELSE timezone(tz, l) END;
+-- an instant as local wall-clock time, and its local date / minute of the day
+CREATE OR REPLACE TEMP MACRO crm_local(ts, tz) AS timezone(tz, ts);
+CREATE OR REPLACE TEMP MACRO crm_local_date(ts, tz) AS CAST(timezone(tz, ts) AS DATE);
+CREATE OR REPLACE TEMP MACRO crm_minute_of_day(l) AS hour(l) * 60 + minute(l);
+-- with an offset: absolute; without one: local time in zone tz
 CREATE OR REPLACE TEMP MACRO crm_ts(t, tz) AS
     CASE WHEN crm_has_offset(t) THEN try_cast(t AS TIMESTAMPTZ)
-         ELSE timezone(tz, try_cast(t AS TIMESTAMP)) END;
+         ELSE crm_utc(try_cast(t AS TIMESTAMP), tz) END;
 -- whole numbers only: '2' and '2.0' parse, '2.5' and 'two' do not (DuckDB's own cast rounds '2.5')
 CREATE OR REPLACE TEMP MACRO crm_int(t) AS
     CASE WHEN NOT contains(t, '.') THEN try_cast(t AS INTEGER)
@@ -31,3 +40,11 @@ CREATE OR REPLACE TEMP MACRO crm_unparsable(name, t, val) AS
 CREATE OR REPLACE TEMP MACRO crm_required(name, t, val) AS
     CASE WHEN t IS NULL THEN 'missing ' || name
          WHEN val IS NULL THEN 'unparsable ' || name || ' ' || to_json(t) END;
+
+-- CONTRACT §3: hash01(x) = first 8 hex digits of md5(x) as an integer / 2^32, in [0, 1)
+CREATE OR REPLACE TEMP MACRO hash01(x) AS CAST(('0x' || left(md5(x), 8)) AS UBIGINT) / 4294967296.0;
+-- quiet hours [qs, qe) in minutes of the day, wrapping midnight when qs > qe; none when NULL or equal
+CREATE OR REPLACE TEMP MACRO crm_in_quiet(m, qs, qe) AS
+    CASE WHEN qs IS NULL OR qs = qe THEN false
+         WHEN qs < qe THEN m >= qs AND m < qe
+         ELSE m >= qs OR m < qe END;

@@ -6,15 +6,8 @@ CREATE SCHEMA IF NOT EXISTS staging;
 CREATE SCHEMA IF NOT EXISTS marts;
 CREATE SCHEMA IF NOT EXISTS ops;
 
--- shops of the configuration, refreshed from the config file before each load or plan
-CREATE TABLE IF NOT EXISTS ops.shops (
-    shop_id         VARCHAR PRIMARY KEY,
-    name            VARCHAR,
-    timezone        VARCHAR NOT NULL,
-    locale          VARCHAR,
-    position        INTEGER NOT NULL,        -- order in the file; position 0 is the default zone
-    config_json     VARCHAR                  -- the shop's full resolved settings
-);
+-- ops.shops (the configured shops, typed) is rebuilt from the config file by crm.db.sync_shops
+-- before each load or plan; the SQL models join it for time zones and settings.
 
 -- what each ingest run read
 CREATE SEQUENCE IF NOT EXISTS ops.ingest_run_seq START 1;
@@ -102,4 +95,55 @@ CREATE TABLE IF NOT EXISTS staging.suppressions (
     customer_id VARCHAR, phone VARCHAR, email VARCHAR, channel VARCHAR NOT NULL,
     created_at TIMESTAMPTZ NOT NULL, reason VARCHAR,
     _source_file VARCHAR, _ingest_id INTEGER, _file_ord INTEGER, _row_number BIGINT
+);
+
+-- messages: the transactional outbox; only a dispatching run writes it (CONTRACT §6)
+CREATE TABLE IF NOT EXISTS ops.messages (
+    message_id      VARCHAR PRIMARY KEY,      -- deterministic: purpose + order
+    purpose         VARCHAR NOT NULL,         -- payment_reminder, followup, feedback_summary
+    shop_id         VARCHAR NOT NULL,
+    order_id        VARCHAR,
+    customer_id     VARCHAR,
+    channel         VARCHAR NOT NULL,         -- sms, email, call, chat
+    recipient       VARCHAR,
+    body            VARCHAR,
+    status          VARCHAR NOT NULL,         -- queued, sent, failed, done
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_at      TIMESTAMPTZ NOT NULL,     -- logical time: derived from the run's T
+    sent_at         TIMESTAMPTZ,              -- real time
+    template        VARCHAR,
+    as_of           TIMESTAMPTZ,
+    last_error      VARCHAR
+);
+
+-- plans: one row per T planned (a backfill re-run skips the T it already did)
+CREATE TABLE IF NOT EXISTS ops.plan_runs (
+    as_of           TIMESTAMPTZ NOT NULL,
+    planned_at      TIMESTAMPTZ NOT NULL,
+    backfill_key    VARCHAR,                  -- from/to/every of the backfill that planned it, if any
+    unpaid_orders   BIGINT,
+    reminders       BIGINT,
+    visit_tasks     BIGINT,
+    seconds         DOUBLE
+);
+
+-- marts (CONTRACT §6): written by a plan, one set of rows per T
+CREATE TABLE IF NOT EXISTS marts.customer_segments (
+    as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL,
+    paid_orders BIGINT NOT NULL, lifetime_value DECIMAL(18, 2) NOT NULL, last_paid_at TIMESTAMPTZ,
+    member_level INTEGER, segment VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS marts.reminder_decisions (
+    as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL,
+    segment VARCHAR NOT NULL, decision VARCHAR NOT NULL, reason VARCHAR, channel VARCHAR,
+    send_at TIMESTAMPTZ, template VARCHAR,
+    -- context for analysts
+    created_at TIMESTAMPTZ, deadline TIMESTAMPTZ, prior_purchases BIGINT, total_amount DECIMAL(18, 2),
+    platform VARCHAR, style_tag VARCHAR
+);
+CREATE TABLE IF NOT EXISTS marts.visit_tasks (
+    as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL,
+    tier VARCHAR NOT NULL, rank BIGINT NOT NULL, channel VARCHAR, due_at TIMESTAMPTZ NOT NULL,
+    -- context for agents and analysts
+    trigger_at TIMESTAMPTZ, due_date DATE, total_amount DECIMAL(18, 2), rating INTEGER, review_text VARCHAR
 );

@@ -1,0 +1,84 @@
+-- int_reminder_send_times: when a payment reminder for each unpaid order would go out (CONTRACT §4).
+-- t0 = created_at, e = t0 + min_age_minutes, deadline = t0 + auto_close_minutes - close_margin_minutes.
+--   1. strategy 'delay': s = t0 + delay_minutes. Strategy 'cutoff': windows [c - lead, c) for each cut-off c
+--      on every local day; s = e if e lies in a window, else the start of the first window after e
+--      (no cut-offs configured: s = e).
+--   2. if s >= deadline then s = e (rescue an order that would close first).
+--   3. if s is inside quiet hours, s moves to the end of that quiet period.
+-- Cut-offs, windows and quiet hours are local wall-clock times (see crm_utc for DST).
+with orders as (
+    select
+        unpaid.order_id, unpaid.created_at,
+        clock.timezone, clock.strategy, clock.cutoff_minutes, clock.lead_minutes, clock.delay_minutes,
+        clock.quiet_start, clock.quiet_end,
+        unpaid.created_at + to_minutes(clock.min_age_minutes)                                     as earliest,
+        unpaid.created_at + to_minutes(clock.auto_close_minutes - clock.close_margin_minutes)    as deadline
+    from int_unpaid_orders as unpaid
+    join int_shop_clock as clock using (shop_id)
+),
+
+cutoff_windows as (
+    -- the windows of the local day before e's, e's own and the two after
+    select
+        orders.order_id,
+        crm_utc((crm_local_date(orders.earliest, orders.timezone) + day::INTEGER)::TIMESTAMP
+                + to_minutes(cutoff - orders.lead_minutes), orders.timezone)    as window_start,
+        crm_utc((crm_local_date(orders.earliest, orders.timezone) + day::INTEGER)::TIMESTAMP
+                + to_minutes(cutoff), orders.timezone)                          as window_end
+    from orders,
+         unnest(orders.cutoff_minutes) as cutoffs(cutoff),
+         range(-1, 3) as days(day)
+    where orders.strategy = 'cutoff'
+),
+
+next_window as (
+    select
+        orders.order_id,
+        case when bool_or(w.window_start <= orders.earliest and orders.earliest < w.window_end) then orders.earliest
+             else min(w.window_start) filter (where w.window_start > orders.earliest) end as window_send_at
+    from orders
+    join cutoff_windows as w using (order_id)
+    group by orders.order_id, orders.earliest
+),
+
+planned as (
+    -- step 1
+    select
+        orders.*,
+        case when orders.strategy = 'delay' then orders.created_at + to_minutes(orders.delay_minutes)
+             else coalesce(next_window.window_send_at, orders.earliest) end as planned_send_at
+    from orders
+    left join next_window using (order_id)
+),
+
+rescued as (
+    -- step 2
+    select
+        *,
+        case when planned_send_at >= deadline then earliest else planned_send_at end as rescued_send_at
+    from planned
+),
+
+quiet as (
+    -- step 3
+    select
+        *,
+        crm_local(rescued_send_at, timezone)                                             as rescued_local,
+        crm_in_quiet(crm_minute_of_day(crm_local(rescued_send_at, timezone)), quiet_start, quiet_end) as in_quiet
+    from rescued
+),
+
+final as (
+    select
+        order_id, earliest, deadline, planned_send_at, rescued_send_at,
+        case when in_quiet then crm_utc(
+                 (CAST(rescued_local AS DATE)
+                  -- in the evening part of a period that wraps midnight, it ends tomorrow
+                  + case when quiet_start > quiet_end and crm_minute_of_day(rescued_local) >= quiet_start
+                         then 1 else 0 end)::TIMESTAMP + to_minutes(quiet_end),
+                 timezone)
+             else rescued_send_at end as send_at
+    from quiet
+)
+
+select * from final

@@ -1,0 +1,22 @@
+-- int_unpaid_orders: every order unpaid at T (CONTRACT §2): created_at <= T, not paid at T
+-- (paid_at null or > T), and not closed at T (closed_at null or > T).
+with orders as (
+    select *
+    from staging.orders
+    where created_at <= $as_of::TIMESTAMPTZ
+      and (paid_at is null or paid_at > $as_of::TIMESTAMPTZ)
+      and (closed_at is null or closed_at > $as_of::TIMESTAMPTZ)
+),
+
+final as (
+    select
+        -- keys
+        orders.order_id, orders.shop_id, orders.customer_id,
+        -- the order
+        orders.platform, orders.created_at, orders.total_amount, orders.currency,
+        crm_local_date(orders.created_at, clock.timezone)             as created_local_date
+    from orders
+    join int_shop_clock as clock using (shop_id)
+)
+
+select * from final

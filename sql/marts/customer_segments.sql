@@ -1,0 +1,39 @@
+-- customer_segments: every customer of every shop — also one without orders — with the orders paid and
+-- not refunded at T (CONTRACT §2, §6): paid_orders, lifetime_value, last_paid_at; segment new (0),
+-- second (1), repeat (2 or more). A customer who bought in a shop other than their record's gets a row
+-- for that shop too.
+with paid as (
+    select
+        shop_id, customer_id,
+        count(*)          as paid_orders,
+        sum(total_amount) as lifetime_value,
+        max(paid_at)      as last_paid_at
+    from staging.orders
+    where paid_at <= $as_of::TIMESTAMPTZ
+      and (refunded_at is null or refunded_at > $as_of::TIMESTAMPTZ)
+    group by shop_id, customer_id
+),
+
+people as (
+    select shop_id, customer_id from staging.customers
+    union
+    select shop_id, customer_id from paid
+),
+
+final as (
+    select
+        $as_of::TIMESTAMPTZ                                 as as_of,
+        people.shop_id, people.customer_id,
+        coalesce(paid.paid_orders, 0)                       as paid_orders,
+        coalesce(paid.lifetime_value, 0)::DECIMAL(18, 2)    as lifetime_value,
+        paid.last_paid_at,
+        customers.member_level,
+        case when coalesce(paid.paid_orders, 0) = 0 then 'new'
+             when paid.paid_orders = 1 then 'second'
+             else 'repeat' end                              as segment
+    from people
+    left join paid using (shop_id, customer_id)
+    left join staging.customers as customers using (customer_id)
+)
+
+select * from final

@@ -1,0 +1,180 @@
+"""Plan at an evaluation time T (CONTRACT §2-5): run the SQL models, write the marts.
+
+The models under sql/intermediate and sql/marts are materialised in order as temp tables, with T bound
+as ``$as_of`` (never the wall clock). Then, in one transaction, the marts' rows for T are replaced
+(``DELETE ... WHERE as_of = T`` + ``INSERT``), and ``customer_segments`` is replaced whole when T is the
+newest T planned so far. A plan reads only what can matter at T: unpaid orders, orders whose follow-up
+trigger lies inside the widest follow-up horizon, and the order histories of those customers.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+
+from crm.db import asset_dir, sql_text
+
+# in dependency order
+INTERMEDIATE = [
+    "int_shop_clock",
+    "int_unpaid_orders",
+    "int_customer_orders",
+    "int_order_segments",
+    "int_visit_candidates",
+    "int_customer_reach",
+    "int_reminder_send_times",
+    "int_order_style",
+]
+MARTS = ["reminder_decisions", "visit_tasks"]
+
+
+class PlanError(Exception):
+    """Bad input for a plan (e.g. an unparsable T): one line for the user."""
+
+
+@dataclass
+class PlanResult:
+    as_of: datetime
+    unpaid_orders: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)     # reason (or 'remind') -> count
+    visit_tasks: int = 0
+    visit_channels: dict[str, int] = field(default_factory=dict)
+    segments_written: bool = False
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# T and durations
+
+
+def parse_as_of(text: str | None) -> datetime:
+    """ISO 8601 with an offset or Z (CONTRACT §9); None: now."""
+    if text is None:
+        return datetime.now(timezone.utc).replace(microsecond=0)
+    try:
+        value = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise PlanError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-20T10:00:00+08:00 or 2026-11-20T02:00:00Z)") from None
+    if value.tzinfo is None:
+        raise PlanError(f"{text!r} has no offset: write it with one, e.g. {text}+08:00 or {text}Z")
+    return value.astimezone(timezone.utc)
+
+
+_DURATION = re.compile(r"(\d+)\s*(d|h|m|min|s)", re.I)
+
+
+def parse_duration(text: str) -> timedelta:
+    """'1h', '30m', '15min', '1d', '2h30m'."""
+    compact = text.strip().lower()
+    parts = _DURATION.findall(compact)
+    if not parts or _DURATION.sub("", compact).strip():
+        raise PlanError(f"{text!r} is not a duration (e.g. 1h, 30m, 1d, 2h30m)")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "min": "minutes", "s": "seconds"}
+    total = sum((timedelta(**{unit[u]: int(n)}) for n, u in parts), timedelta())
+    if total <= timedelta(0):
+        raise PlanError(f"{text!r} must be longer than zero")
+    return total
+
+
+def backfill_times(start: datetime, end: datetime, every: timedelta) -> list[datetime]:
+    if end < start:
+        raise PlanError(f"--to ({end.isoformat()}) is before --from ({start.isoformat()})")
+    times, t = [], start
+    while t <= end:
+        times.append(t)
+        t += every
+    return times
+
+
+# --------------------------------------------------------------------------------------------------
+# template variants: which product tones have a template (CONTRACT §4)
+
+
+def template_variants(root: Path | None = None) -> list[str]:
+    """'segment.tag' for every payment_reminder/<segment>.<tag>.j2 under templates/ (any locale)."""
+    try:
+        root = root or asset_dir("templates")
+    except FileNotFoundError:
+        return []
+    names = {p.name[: -len(".j2")] for p in root.glob("*/payment_reminder/*.*.j2")}
+    return sorted(n for n in names if n.count(".") == 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# the plan
+
+
+def _bind(sql: str, params: dict) -> dict:
+    return {k: v for k, v in params.items() if f"${k}" in sql}
+
+
+def build(con: duckdb.DuckDBPyConnection, as_of: datetime, variants: list[str] | None = None) -> None:
+    """Materialise every model for T as temp tables (intermediate models, then the marts as mart_<name>)."""
+    params = {"as_of": as_of, "variants": variants if variants is not None else template_variants()}
+    for name in INTERMEDIATE:
+        sql = sql_text(f"intermediate/{name}.sql")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", _bind(sql, params))
+    for name in MARTS + ["customer_segments"]:
+        sql = sql_text(f"marts/{name}.sql")
+        if name == "customer_segments":
+            continue  # built only when written (it reads every order)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE mart_{name} AS {sql}", _bind(sql, params))
+
+
+def plan(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime,
+    *,
+    segments: bool = True,
+    backfill_key: str | None = None,
+    variants: list[str] | None = None,
+) -> PlanResult:
+    """Plan at T and write the marts in one transaction. `segments=False` skips customer_segments
+    (a backfill writes it only at its last T)."""
+    started = time.perf_counter()
+    result = PlanResult(as_of=as_of)
+    build(con, as_of, variants)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for name in MARTS:
+            con.execute(f"DELETE FROM marts.{name} WHERE as_of = ?", [as_of])
+            con.execute(f"INSERT INTO marts.{name} BY NAME SELECT * FROM mart_{name}")
+        newest = con.execute("SELECT max(as_of) FROM ops.plan_runs").fetchone()[0]
+        if segments and (newest is None or as_of >= newest):
+            sql = sql_text("marts/customer_segments.sql")
+            con.execute("DELETE FROM marts.customer_segments")
+            con.execute(f"INSERT INTO marts.customer_segments BY NAME {sql}", {"as_of": as_of})
+            result.segments_written = True
+        result.unpaid_orders = con.execute("SELECT count(*) FROM mart_reminder_decisions").fetchone()[0]
+        result.decisions = dict(con.execute(
+            "SELECT coalesce(reason, 'remind'), count(*) FROM mart_reminder_decisions GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall())
+        result.visit_tasks = con.execute("SELECT count(*) FROM mart_visit_tasks").fetchone()[0]
+        result.visit_channels = dict(con.execute(
+            "SELECT coalesce(channel, 'none'), count(*) FROM mart_visit_tasks GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall())
+        result.seconds = time.perf_counter() - started
+        con.execute(
+            "INSERT INTO ops.plan_runs VALUES (?, now(), ?, ?, ?, ?, ?)",
+            [as_of, backfill_key, result.unpaid_orders, result.decisions.get("remind", 0), result.visit_tasks,
+             result.seconds],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+    return result
+
+
+def planned_times(con: duckdb.DuckDBPyConnection, backfill_key: str) -> set[datetime]:
+    """The T a backfill with this key has already planned (a re-run skips them)."""
+    rows = con.execute("SELECT DISTINCT as_of FROM ops.plan_runs WHERE backfill_key = ?", [backfill_key]).fetchall()
+    return {r[0] for r in rows}

@@ -76,6 +76,7 @@ def _run_flow(label: str, target: str, /, **params):
     from crm.config import ConfigError
     from crm.db import DatabaseLocked
     from transforms.ingest import IngestError
+    from transforms.plan import PlanError
     from transforms.validate import ValidationFailed
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -88,7 +89,7 @@ def _run_flow(label: str, target: str, /, **params):
         try:
             with progress.reporting(report):
                 return fn(**params)
-        except (ConfigError, IngestError) as e:
+        except (ConfigError, IngestError, PlanError) as e:
             fail(str(e))
         except DatabaseLocked as e:
             fail(str(e), 1)
@@ -128,6 +129,67 @@ def ingest(landing_dir: Path = typer.Argument(..., help="Folder with one subfold
     _print_ingest(summary)
 
 
+def _check_time(text: str | None, option: str) -> None:
+    from transforms.plan import PlanError, parse_as_of
+
+    try:
+        parse_as_of(text)
+    except PlanError as e:
+        fail(f"{option}: {e}")
+
+
+def _print_plan(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"plan at {summary['as_of']}: {summary['unpaid_orders']:,} unpaid orders")
+    table.add_column("decision / reason")
+    table.add_column("orders", justify="right")
+    for reason, n in summary["decisions"].items():
+        table.add_row(reason, f"{n:,}")
+    console.print(table)
+    channels = ", ".join(f"{c}: {n:,}" for c, n in summary["visit_channels"].items())
+    console.print(f"{summary['visit_tasks']:,} follow-up visits due ({channels or 'none'}); "
+                  f"planned in {summary['seconds']:.2f} s")
+
+
+@app.command()
+def plan(as_of: Optional[str] = typer.Option(None, "--as-of", help="T, ISO 8601 with an offset or Z; default now.")) -> None:
+    """Write the marts for T: reminder decisions, visit tasks, customer segments (CONTRACT §2-5)."""
+    _check_time(as_of, "--as-of")
+    _settings()
+    if not STATE.db.exists():
+        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+    summary = _run_flow("plan", "flows.plan:plan_flow", as_of=as_of, db=str(STATE.db), config=str(STATE.config))
+    _print_plan(summary)
+
+
+@app.command()
+def backfill(
+    start: str = typer.Option(..., "--from", help="First T (ISO 8601 with an offset or Z)."),
+    end: str = typer.Option(..., "--to", help="Last T (included)."),
+    every: str = typer.Option("1h", "--every", help="Step: 1h, 30m, 1d, 2h30m …"),
+    force: bool = typer.Option(False, "--force", help="Plan again the T this backfill already planned."),
+) -> None:
+    """Plan at every T in [--from, --to]; an interrupted backfill re-run finishes the rest."""
+    from transforms.plan import PlanError, backfill_times, parse_as_of, parse_duration
+
+    _check_time(start, "--from")
+    _check_time(end, "--to")
+    try:
+        backfill_times(parse_as_of(start), parse_as_of(end), parse_duration(every))
+    except PlanError as e:
+        fail(str(e))
+    _settings()
+    if not STATE.db.exists():
+        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+    summary = _run_flow("backfill", "flows.plan:backfill_flow", start=start, end=end, every=every,
+                        db=str(STATE.db), config=str(STATE.config), force=force)
+    console.print(f"backfill planned {summary['planned']} times, skipped {summary['skipped']} already planned")
+    for t in summary["times"][-3:]:
+        console.print(f"  {t['as_of']}: {t['unpaid_orders']:,} unpaid, {t['decisions'].get('remind', 0):,} to remind, "
+                      f"{t['visit_tasks']:,} visits ({t['seconds']:.2f} s)")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Where the demo landing folder and its shops.toml go."),
@@ -143,8 +205,10 @@ def demo(
     if "--config" not in sys.argv and not _env("CRM_CONFIG"):
         STATE.config = summary.config_path
     _settings()
-    result = _run_flow("ingest", "flows.ingest:ingest_flow", landing_dir=str(summary.landing_dir), db=str(STATE.db), config=str(STATE.config))
-    _print_ingest(result)
+    result = _run_flow("demo", "flows.demo:demo_flow", landing_dir=str(summary.landing_dir), as_of=summary.anchor.isoformat(),
+                       db=str(STATE.db), config=str(STATE.config))
+    _print_ingest(result["ingest"])
+    _print_plan(result["plan"])
     console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
 
 

@@ -141,7 +141,8 @@ def _check_time(text: str | None, option: str) -> None:
 def _print_plan(summary: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"plan at {summary['as_of']}: {summary['unpaid_orders']:,} unpaid orders")
+    console.print(f"plan at {summary['as_of']}: {summary['unpaid_orders']:,} unpaid orders")
+    table = Table()
     table.add_column("decision / reason")
     table.add_column("orders", justify="right")
     for reason, n in summary["decisions"].items():

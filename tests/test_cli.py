@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import timezone
 from pathlib import Path
 
 import duckdb
@@ -103,3 +104,39 @@ def test_ingest_runs_as_a_prefect_flow_on_the_local_server(local_server, tmp_pat
 
     shown = crm("--db", str(db), "quarantine", env=env)
     assert shown.returncode == 0 and "negative total_amount" in shown.stdout and "13800000001" not in shown.stdout
+
+
+def test_plan_and_backfill_commands(local_server, tmp_path, config_path):
+    db = local_server.parent / "plans.duckdb"        # its own file, beside the server's state file
+    landing = Landing(tmp_path / "landing")
+    landing.csv("customers", "c.csv", [customer("c1"), customer("c2", phone="13800000002")])
+    landing.csv("orders", "o.csv", [order("u1", created_at="2026-11-24T10:00:00+08:00"),
+                                    order("u2", customer_id="c2", created_at="2026-11-24T10:05:00+08:00")])
+    env = {"PREFECT_API_URL": ""}
+    assert crm("--db", str(db), "--config", str(config_path), "ingest", str(landing.root), env=env).returncode == 0
+
+    planned = crm("--db", str(db), "--config", str(config_path), "plan", "--as-of", "2026-11-24T02:30:00Z", env=env)
+    assert planned.returncode == 0, planned.stderr
+    assert "2 unpaid orders" in planned.stdout and "remind" in planned.stdout
+
+    args = ["--db", str(db), "--config", str(config_path), "backfill", "--from", "2026-11-24T01:00:00Z",
+            "--to", "2026-11-24T03:00:00Z", "--every", "1h"]
+    first = crm(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "planned 3 times, skipped 0" in first.stdout
+    again = crm(*args, env=env)
+    assert again.returncode == 0 and "planned 0 times, skipped 3" in again.stdout
+
+    con = duckdb.connect(str(db), read_only=True)
+    per_t = con.execute("SELECT as_of, count(*), count(*) FILTER (WHERE decision = 'remind') "
+                        "FROM marts.reminder_decisions GROUP BY 1 ORDER BY 1").fetchall()
+    con.close()
+    # 01:00Z: no order exists yet; 02:00Z: u1 waits for e = 10:15 local; 02:30Z and 03:00Z: both reminded
+    assert [(t.astimezone(timezone.utc).strftime("%H:%M"), n, r) for t, n, r in per_t] == [
+        ("02:00", 1, 0), ("02:30", 2, 2), ("03:00", 2, 2)]
+
+
+def test_plan_rejects_a_time_without_offset(tmp_path, config_path):
+    line = one_error_line(crm("--db", str(tmp_path / "x.duckdb"), "--config", str(config_path), "plan",
+                              "--as-of", "2026-11-24 10:00"))
+    assert "--as-of" in line and "has no offset" in line

@@ -65,7 +65,7 @@ def parse_as_of(text: str | None) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-_DURATION = re.compile(r"(\d+)\s*(d|h|m|min|s)", re.I)
+_DURATION = re.compile(r"(\d+)\s*(min|d|h|m|s)", re.I)
 
 
 def parse_duration(text: str) -> timedelta:

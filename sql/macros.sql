@@ -16,10 +16,9 @@ CREATE OR REPLACE TEMP MACRO crm_utc(l, tz) AS
 CREATE OR REPLACE TEMP MACRO crm_local(ts, tz) AS timezone(tz, ts);
 CREATE OR REPLACE TEMP MACRO crm_local_date(ts, tz) AS CAST(timezone(tz, ts) AS DATE);
 CREATE OR REPLACE TEMP MACRO crm_minute_of_day(l) AS hour(l) * 60 + minute(l);
--- with an offset: absolute; without one: local time in zone tz
-CREATE OR REPLACE TEMP MACRO crm_ts(t, tz) AS
-    CASE WHEN crm_has_offset(t) THEN try_cast(t AS TIMESTAMPTZ)
-         ELSE crm_utc(try_cast(t AS TIMESTAMP), tz) END;
+-- Per-shop versions (crm_shop_local, crm_shop_local_date, crm_shop_utc, crm_shop_ts) are generated from
+-- the configuration by crm.db.sync_shops: one CASE branch per shop with its zone as a literal, because
+-- DuckDB's timezone() is ~15x slower when the zone varies from row to row.
 -- whole numbers only: '2' and '2.0' parse, '2.5' and 'two' do not (DuckDB's own cast rounds '2.5')
 CREATE OR REPLACE TEMP MACRO crm_int(t) AS
     CASE WHEN NOT contains(t, '.') THEN try_cast(t AS INTEGER)

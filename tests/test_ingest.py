@@ -324,7 +324,7 @@ def test_database_file_holds_the_result(db_path, con, landing):
     ("20/11/2026 10:00", None),
 ])
 def test_timestamp_forms(con, text, expected):
-    got = con.execute("SELECT crm_ts(crm_text(?), 'Asia/Shanghai')", [text]).fetchone()[0]
+    got = con.execute("SELECT crm_shop_ts(crm_text(?), 's1')", [text]).fetchone()[0]
     assert got == (utc(expected) if expected else None)
 
 

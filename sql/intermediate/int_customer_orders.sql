@@ -17,7 +17,7 @@ final as (
         orders.order_id, orders.shop_id, orders.customer_id,
         -- when
         orders.created_at, orders.paid_at,
-        crm_local_date(orders.created_at, clock.timezone)                           as created_local_date,
+        crm_shop_local_date(orders.shop_id, orders.created_at)                      as created_local_date,
         -- state at T
         orders.paid_at is not null and orders.paid_at <= clock.as_of                as paid_at_t,
         orders.refunded_at is not null and orders.refunded_at <= clock.as_of        as refunded_at_t,

@@ -8,7 +8,7 @@
 -- Cut-offs, windows and quiet hours are local wall-clock times (see crm_utc for DST).
 with orders as (
     select
-        unpaid.order_id, unpaid.created_at,
+        unpaid.order_id, unpaid.shop_id, unpaid.created_at,
         clock.timezone, clock.strategy, clock.cutoff_minutes, clock.lead_minutes, clock.delay_minutes,
         clock.quiet_start, clock.quiet_end,
         unpaid.created_at + to_minutes(clock.min_age_minutes)                                     as earliest,
@@ -17,28 +17,34 @@ with orders as (
     join int_shop_clock as clock using (shop_id)
 ),
 
-cutoff_windows as (
-    -- the windows of the local day before e's, e's own and the two after
-    select
-        orders.order_id,
-        crm_utc((crm_local_date(orders.earliest, orders.timezone) + day::INTEGER)::TIMESTAMP
-                + to_minutes(cutoff - orders.lead_minutes), orders.timezone)    as window_start,
-        crm_utc((crm_local_date(orders.earliest, orders.timezone) + day::INTEGER)::TIMESTAMP
-                + to_minutes(cutoff), orders.timezone)                          as window_end
-    from orders,
-         unnest(orders.cutoff_minutes) as cutoffs(cutoff),
-         range(-1, 3) as days(day)
+order_days as (
+    -- the local day before e's, e's own and the two after: the windows that can hold the send time
+    select orders.order_id, orders.shop_id, orders.earliest,
+           crm_shop_local_date(orders.shop_id, orders.earliest) + day::INTEGER as day
+    from orders, range(-1, 3) as days(day)
     where orders.strategy = 'cutoff'
+),
+
+cutoff_windows as (
+    -- [c - lead, c) for each cut-off c, once per shop and local day
+    select
+        days.shop_id, days.day,
+        crm_shop_utc(days.shop_id, days.day::TIMESTAMP + to_minutes(cutoff - clock.lead_minutes)) as window_start,
+        crm_shop_utc(days.shop_id, days.day::TIMESTAMP + to_minutes(cutoff))                      as window_end
+    from (select distinct shop_id, day from order_days) as days
+    join int_shop_clock as clock using (shop_id),
+         unnest(clock.cutoff_minutes) as cutoffs(cutoff)
 ),
 
 next_window as (
     select
-        orders.order_id,
-        case when bool_or(w.window_start <= orders.earliest and orders.earliest < w.window_end) then orders.earliest
-             else min(w.window_start) filter (where w.window_start > orders.earliest) end as window_send_at
-    from orders
-    join cutoff_windows as w using (order_id)
-    group by orders.order_id, orders.earliest
+        order_days.order_id,
+        case when bool_or(w.window_start <= order_days.earliest and order_days.earliest < w.window_end)
+             then any_value(order_days.earliest)
+             else min(w.window_start) filter (where w.window_start > order_days.earliest) end as window_send_at
+    from order_days
+    join cutoff_windows as w using (shop_id, day)
+    group by order_days.order_id
 ),
 
 planned as (
@@ -63,20 +69,19 @@ quiet as (
     -- step 3
     select
         *,
-        crm_local(rescued_send_at, timezone)                                             as rescued_local,
-        crm_in_quiet(crm_minute_of_day(crm_local(rescued_send_at, timezone)), quiet_start, quiet_end) as in_quiet
+        crm_shop_local(shop_id, rescued_send_at)                                          as rescued_local,
+        crm_in_quiet(crm_minute_of_day(crm_shop_local(shop_id, rescued_send_at)), quiet_start, quiet_end) as in_quiet
     from rescued
 ),
 
 final as (
     select
         order_id, earliest, deadline, planned_send_at, rescued_send_at,
-        case when in_quiet then crm_utc(
+        case when in_quiet then crm_shop_utc(shop_id,
                  (CAST(rescued_local AS DATE)
                   -- in the evening part of a period that wraps midnight, it ends tomorrow
                   + case when quiet_start > quiet_end and crm_minute_of_day(rescued_local) >= quiet_start
-                         then 1 else 0 end)::TIMESTAMP + to_minutes(quiet_end),
-                 timezone)
+                         then 1 else 0 end)::TIMESTAMP + to_minutes(quiet_end))
              else rescued_send_at end as send_at
     from quiet
 )

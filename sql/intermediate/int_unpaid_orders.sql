@@ -14,7 +14,7 @@ final as (
         orders.order_id, orders.shop_id, orders.customer_id,
         -- the order
         orders.platform, orders.created_at, orders.total_amount, orders.currency,
-        crm_local_date(orders.created_at, clock.timezone)             as created_local_date
+        crm_shop_local_date(orders.shop_id, orders.created_at)        as created_local_date
     from orders
     join int_shop_clock as clock using (shop_id)
 )

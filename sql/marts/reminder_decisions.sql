@@ -57,7 +57,7 @@ facts as (
         -- 8
         (select count(*) from reminders_sent as m
          where m.shop_id = unpaid.shop_id and m.customer_id = unpaid.customer_id
-           and crm_local_date(m.created_at, clock.timezone) = clock.local_date)   as reminders_today
+           and crm_shop_local_date(m.shop_id, m.created_at) = clock.local_date)   as reminders_today
     from unpaid
     join int_shop_clock as clock using (shop_id)
     join int_order_segments as segments using (order_id)

@@ -71,7 +71,7 @@ calls_today as (
     select m.shop_id, count(*) as calls
     from followups_sent as m
     join int_shop_clock as clock using (shop_id)
-    where m.channel = 'call' and crm_local_date(m.created_at, clock.timezone) = clock.local_date
+    where m.channel = 'call' and crm_shop_local_date(m.shop_id, m.created_at) = clock.local_date
     group by m.shop_id
 ),
 

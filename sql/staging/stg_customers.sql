@@ -23,9 +23,9 @@ typed as (
         cleaned.*,
         shops.timezone                                    as tz,
         crm_int(member_level_txt)                         as member_level,
-        crm_ts(registered_at_txt, shops.timezone)         as registered_at,
+        crm_shop_ts(registered_at_txt, shops.shop_id)      as registered_at,
         crm_bool(opt_out_txt)                             as opt_out_parsed,
-        crm_ts(updated_at_txt, shops.timezone)            as updated_at
+        crm_shop_ts(updated_at_txt, shops.shop_id)         as updated_at
     from cleaned
     left join ops.shops as shops on shops.shop_id = cleaned.shop_id
 ),

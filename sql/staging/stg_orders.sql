@@ -27,13 +27,13 @@ typed as (
         cleaned.*,
         shops.timezone                                    as tz,
         -- timestamps, naive ones in the shop's zone
-        crm_ts(created_at_txt, shops.timezone)            as created_at,
-        crm_ts(paid_at_txt, shops.timezone)               as paid_at,
-        crm_ts(shipped_at_txt, shops.timezone)            as shipped_at,
-        crm_ts(delivered_at_txt, shops.timezone)          as delivered_at,
-        crm_ts(closed_at_txt, shops.timezone)             as closed_at,
-        crm_ts(refunded_at_txt, shops.timezone)           as refunded_at,
-        crm_ts(updated_at_txt, shops.timezone)            as updated_at,
+        crm_shop_ts(created_at_txt, shops.shop_id)         as created_at,
+        crm_shop_ts(paid_at_txt, shops.shop_id)            as paid_at,
+        crm_shop_ts(shipped_at_txt, shops.shop_id)         as shipped_at,
+        crm_shop_ts(delivered_at_txt, shops.shop_id)       as delivered_at,
+        crm_shop_ts(closed_at_txt, shops.shop_id)          as closed_at,
+        crm_shop_ts(refunded_at_txt, shops.shop_id)        as refunded_at,
+        crm_shop_ts(updated_at_txt, shops.shop_id)         as updated_at,
         -- money
         crm_money(total_amount_txt)                       as total_amount,
         coalesce(upper(currency_txt), 'CNY')              as currency

@@ -21,7 +21,7 @@ typed as (
         cleaned.*,
         shops.timezone                                                   as tz,
         coalesce(crm_has_offset(created_at_txt), false)                  as has_offset,
-        crm_ts(created_at_txt, coalesce(shops.timezone, 'UTC'))          as created_at,
+        crm_shop_ts(created_at_txt, shops.shop_id)                       as created_at,
         crm_int(rating_txt)                                              as rating
     from cleaned
     left join staging.orders as orders on orders.order_id = cleaned.order_id

@@ -19,11 +19,11 @@ cleaned as (
 typed as (
     select
         cleaned.*,
-        crm_ts(created_at_txt, coalesce(shops.timezone, default_shop.timezone)) as created_at
+        crm_shop_ts(created_at_txt, coalesce(shops.shop_id, default_shop.shop_id)) as created_at
     from cleaned
     left join staging.customers as customers on customers.customer_id = cleaned.customer_id
     left join ops.shops as shops on shops.shop_id = customers.shop_id
-    cross join (select timezone from ops.shops where position = 0) as default_shop
+    cross join (select shop_id from ops.shops where position = 0) as default_shop
 ),
 
 checked as (

@@ -36,6 +36,9 @@ CREATE OR REPLACE TEMP MACRO crm_need(name, t) AS
     CASE WHEN t IS NULL THEN 'missing ' || name END;
 CREATE OR REPLACE TEMP MACRO crm_unparsable(name, t, val) AS
     CASE WHEN t IS NOT NULL AND val IS NULL THEN 'unparsable ' || name || ' ' || to_json(t) END;
+-- a row's shop must be configured (tz: the shop's zone from ops.shops, NULL when unknown)
+CREATE OR REPLACE TEMP MACRO crm_shop_problem(shop, tz) AS
+    CASE WHEN shop IS NULL THEN 'missing shop_id' WHEN tz IS NULL THEN 'unknown shop_id ' || to_json(shop) END;
 CREATE OR REPLACE TEMP MACRO crm_required(name, t, val) AS
     CASE WHEN t IS NULL THEN 'missing ' || name
          WHEN val IS NULL THEN 'unparsable ' || name || ' ' || to_json(t) END;

@@ -27,7 +27,7 @@ from typing import Callable
 
 import duckdb
 
-from crm.db import sql_text
+from crm.db import sql_text, transaction
 
 # --------------------------------------------------------------------------------------------------
 # the entities of CONTRACT §1, in load order (reviews and suppressions look up orders and customers)
@@ -217,32 +217,36 @@ def _first_line(e: Exception) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
+def _readable(con, entity: Entity, f: LandingFile, kind: str, outcome: dict, read: Callable[[], None]) -> bool:
+    """Run `read`; when DuckDB cannot read the file at all, quarantine it whole and say so."""
+    try:
+        read()
+        return True
+    except duckdb.Error as e:
+        _quarantine_file(con, entity.name, f, f"unreadable {kind} file: {_first_line(e)}")
+        outcome[f.sha256] = ("quarantined", 0)
+        return False
+
+
 def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
     # one file at a time: a union of files would give a naive and an aware timestamp column one type
     scan = f"read_parquet({_sql_str(str(f.path))}, file_row_number = true)"
     meta = f"NULL AS _raw, {_sql_str(str(f.path))} AS _source_file, {f.order} AS _file_ord, file_row_number + 1 AS _row_number"
-    try:
+
+    def read() -> None:
         select = _project(con, entity, f"(SELECT * FROM {scan})", meta)
         rows = con.execute(f"INSERT INTO {table} SELECT {select} FROM {scan}").fetchone()[0]
-    except duckdb.Error as e:
-        _quarantine_file(con, entity.name, f, f"unreadable parquet file: {_first_line(e)}")
-        outcome[f.sha256] = ("quarantined", 0)
-        return
-    outcome[f.sha256] = ("loaded", rows)
+        outcome[f.sha256] = ("loaded", rows)
+
+    _readable(con, entity, f, "parquet", outcome, read)
 
 
 def _land_csv(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
-    try:
-        con.execute("DROP TABLE IF EXISTS _csv_rej; DROP TABLE IF EXISTS _csv_scan")
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _csv AS SELECT * FROM read_csv(?, header = true, all_varchar = true, "
-            "delim = ',', quote = '\"', escape = '\"', store_rejects = true, rejects_table = '_csv_rej', "
-            "rejects_scan = '_csv_scan')",
-            [str(f.path)],
-        )
-    except duckdb.Error as e:
-        _quarantine_file(con, entity.name, f, f"unreadable CSV file: {_first_line(e)}")
-        outcome[f.sha256] = ("quarantined", 0)
+    con.execute("DROP TABLE IF EXISTS _csv_rej; DROP TABLE IF EXISTS _csv_scan")
+    if not _readable(con, entity, f, "CSV", outcome, lambda: con.execute(
+        "CREATE OR REPLACE TEMP TABLE _csv AS SELECT * FROM read_csv(?, header = true, all_varchar = true, "
+        "delim = ',', quote = '\"', escape = '\"', store_rejects = true, rejects_table = '_csv_rej', "
+        "rejects_scan = '_csv_scan')", [str(f.path)])):
         return
     meta = f"NULL AS _raw, {_sql_str(str(f.path))} AS _source_file, {f.order} AS _file_ord, rowid + 1 AS _row_number"
     con.execute(f"INSERT INTO {table} SELECT {_project(con, entity, '_csv', meta)} FROM _csv")
@@ -257,38 +261,30 @@ def _land_csv(con, entity: Entity, table: str, f: LandingFile, outcome: dict) ->
     con.execute("DROP TABLE _csv")
 
 
-def _land_ndjson(con, entity: Entity, table: str, files: list[LandingFile], outcome: dict) -> None:
-    for f in files:
-        try:
-            # one text column per physical line: a malformed line stays a row of its own
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE _lines AS SELECT line FROM read_csv(?, columns = {'line': 'VARCHAR'}, "
-                "header = false, auto_detect = false, delim = chr(31), quote = '', escape = '', "
-                "strict_mode = false, null_padding = true)",
-                [str(f.path)],
-            )
-        except duckdb.Error as e:
-            _quarantine_file(con, entity.name, f, f"unreadable NDJSON file: {_first_line(e)}")
-            outcome[f.sha256] = ("quarantined", 0)
-            continue
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _json AS SELECT rowid + 1 AS n, line, "
-            "CASE WHEN json_valid(line) THEN line::JSON END AS j FROM _lines WHERE nullif(trim(line), '') IS NOT NULL"
-        )
-        con.execute(
-            f"INSERT INTO {_PENDING} SELECT ?, ?, n, line, "
-            "CASE WHEN j IS NULL THEN 'malformed JSON line' ELSE 'line is not a JSON object' END "
-            "FROM _json WHERE j IS NULL OR json_type(j) <> 'OBJECT'",
-            [entity.name, str(f.path)],
-        )
-        fields = ", ".join(f"j->>'{c}'" for c in entity.columns)
-        con.execute(
-            f"INSERT INTO {table} SELECT {fields}, NULL, line, {_sql_str(str(f.path))}, {f.order}, n "
-            f"FROM _json WHERE json_type(j) = 'OBJECT'"
-        )
-        total = con.execute("SELECT count(*) FROM _json").fetchone()[0]
-        outcome[f.sha256] = ("loaded", total)
-        con.execute("DROP TABLE _json; DROP TABLE _lines")
+def _land_ndjson(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
+    # one text column per physical line: a malformed line stays a row of its own
+    if not _readable(con, entity, f, "NDJSON", outcome, lambda: con.execute(
+        "CREATE OR REPLACE TEMP TABLE _lines AS SELECT line FROM read_csv(?, columns = {'line': 'VARCHAR'}, "
+        "header = false, auto_detect = false, delim = chr(31), quote = '', escape = '', "
+        "strict_mode = false, null_padding = true)", [str(f.path)])):
+        return
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _json AS SELECT rowid + 1 AS n, line, "
+        "CASE WHEN json_valid(line) THEN line::JSON END AS j FROM _lines WHERE nullif(trim(line), '') IS NOT NULL"
+    )
+    con.execute(
+        f"INSERT INTO {_PENDING} SELECT ?, ?, n, line, "
+        "CASE WHEN j IS NULL THEN 'malformed JSON line' ELSE 'line is not a JSON object' END "
+        "FROM _json WHERE j IS NULL OR json_type(j) <> 'OBJECT'",
+        [entity.name, str(f.path)],
+    )
+    fields = ", ".join(f"j->>'{c}'" for c in entity.columns)
+    con.execute(
+        f"INSERT INTO {table} SELECT {fields}, NULL, line, {_sql_str(str(f.path))}, {f.order}, n "
+        f"FROM _json WHERE json_type(j) = 'OBJECT'"
+    )
+    outcome[f.sha256] = ("loaded", con.execute("SELECT count(*) FROM _json").fetchone()[0])
+    con.execute("DROP TABLE _json; DROP TABLE _lines")
 
 
 def _sql_str(s: str) -> str:
@@ -376,12 +372,10 @@ def land(con: duckdb.DuckDBPyConnection, new: list[LandingFile], step: Step | No
             if f.format is None:
                 _quarantine_file(con, entity.name, f, "unsupported file type (expected .parquet, .csv or .ndjson)")
                 outcome[f.sha256] = ("quarantined", 0)
+        readers = {"parquet": _land_parquet, "csv": _land_csv, "ndjson": _land_ndjson}
         for f in mine:
-            if f.format == "parquet":
-                _land_parquet(con, entity, table, f, outcome)
-            elif f.format == "csv":
-                _land_csv(con, entity, table, f, outcome)
-        _land_ndjson(con, entity, table, [f for f in mine if f.format == "ndjson"], outcome)
+            if f.format in readers:
+                readers[f.format](con, entity, table, f, outcome)
         if step and mine:
             step(f"read {entity.name}", sum(f.size for f in mine))
     return outcome
@@ -403,43 +397,42 @@ def load(
     if not new:
         return result
     outcome = land(con, new, step)
-    con.execute("BEGIN TRANSACTION")
     try:
-        ingest_id = con.execute("SELECT nextval('ops.ingest_run_seq')").fetchone()[0]
-        result.ingest_id = ingest_id
-        con.execute("INSERT INTO ops.ingest_runs (ingest_id, landing_dir, started_at) VALUES (?, ?, ?)",
-                    [ingest_id, str(Path(landing_dir).resolve()), started])
-        con.execute(f"INSERT INTO ops.quarantine SELECT *, ?, now() FROM {_PENDING}", [ingest_id])
-        for entity in ENTITIES.values():
-            mine = [f for f in new if f.entity == entity.name]
-            counts = result.entities.setdefault(entity.name, EntityCounts(files=len(mine)))
-            counts.rows_loaded = _stage(con, entity, ingest_id)
-            counts.rows_read = sum(outcome[f.sha256][1] for f in mine)
-            counts.rows_quarantined = con.execute(
-                "SELECT count(*) FROM ops.quarantine WHERE ingest_id = ? AND entity = ? AND row_number IS NOT NULL",
-                [ingest_id, entity.name]).fetchone()[0]
-            result.files_quarantined += [str(f.path) for f in mine if outcome[f.sha256][0] == "quarantined"]
-            if step and mine:
-                step(f"stage {entity.name}", 0)
-        _record_manifest(con, new, outcome, ingest_id)
-        if validate is not None:
-            result.validation = validate(con, ingest_id)
-        con.execute(
-            "UPDATE ops.ingest_runs SET finished_at = now(), files_seen = ?, files_new = ?, rows_loaded = ?, "
-            "rows_quarantined = ?, status = 'ok' WHERE ingest_id = ?",
-            [result.files_seen, result.files_new, result.rows_loaded, result.rows_quarantined, ingest_id],
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
-        raise
+        with transaction(con):
+            _stage_all(con, landing_dir, new, outcome, result, started, validate, step)
     finally:
         for entity in ENTITIES:
             con.execute(f"DROP TABLE IF EXISTS land_{entity}")
     return result
+
+
+def _stage_all(con, landing_dir, new: list[LandingFile], outcome: dict, result: IngestResult, started,
+               validate, step) -> None:
+    """Inside the run's transaction: stage every entity, record the manifest, validate."""
+    ingest_id = con.execute("SELECT nextval('ops.ingest_run_seq')").fetchone()[0]
+    result.ingest_id = ingest_id
+    con.execute("INSERT INTO ops.ingest_runs (ingest_id, landing_dir, started_at) VALUES (?, ?, ?)",
+                [ingest_id, str(Path(landing_dir).resolve()), started])
+    con.execute(f"INSERT INTO ops.quarantine SELECT *, ?, now() FROM {_PENDING}", [ingest_id])
+    for entity in ENTITIES.values():
+        mine = [f for f in new if f.entity == entity.name]
+        counts = result.entities.setdefault(entity.name, EntityCounts(files=len(mine)))
+        counts.rows_loaded = _stage(con, entity, ingest_id)
+        counts.rows_read = sum(outcome[f.sha256][1] for f in mine)
+        counts.rows_quarantined = con.execute(
+            "SELECT count(*) FROM ops.quarantine WHERE ingest_id = ? AND entity = ? AND row_number IS NOT NULL",
+            [ingest_id, entity.name]).fetchone()[0]
+        result.files_quarantined += [str(f.path) for f in mine if outcome[f.sha256][0] == "quarantined"]
+        if step and mine:
+            step(f"stage {entity.name}", 0)
+    _record_manifest(con, new, outcome, ingest_id)
+    if validate is not None:
+        result.validation = validate(con, ingest_id)
+    con.execute(
+        "UPDATE ops.ingest_runs SET finished_at = now(), files_seen = ?, files_new = ?, rows_loaded = ?, "
+        "rows_quarantined = ?, status = 'ok' WHERE ingest_id = ?",
+        [result.files_seen, result.files_new, result.rows_loaded, result.rows_quarantined, ingest_id],
+    )
 
 
 def _record_manifest(con, new: list[LandingFile], outcome: dict, ingest_id: int) -> None:

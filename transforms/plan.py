@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from crm.db import asset_dir, sql_text
+from crm.db import asset_dir, sql_text, transaction
 
 # in dependency order
 INTERMEDIATE = [
@@ -139,8 +139,7 @@ def plan(
     started = time.perf_counter()
     result = PlanResult(as_of=as_of)
     build(con, as_of, variants)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for name in MARTS:
             con.execute(f"DELETE FROM marts.{name} WHERE as_of = ?", [as_of])
             con.execute(f"INSERT INTO marts.{name} BY NAME SELECT * FROM mart_{name}")
@@ -164,13 +163,6 @@ def plan(
             [as_of, backfill_key, result.unpaid_orders, result.decisions.get("remind", 0), result.visit_tasks,
              result.seconds],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
-        raise
     return result
 
 

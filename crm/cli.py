@@ -76,6 +76,7 @@ def _run_flow(label: str, target: str, /, **params):
     from crm.config import ConfigError
     from crm.db import DatabaseLocked
     from transforms.ingest import IngestError
+    from crm.render import RenderError
     from transforms.plan import PlanError
     from transforms.validate import ValidationFailed
 
@@ -89,12 +90,12 @@ def _run_flow(label: str, target: str, /, **params):
         try:
             with progress.reporting(report):
                 return fn(**params)
-        except (ConfigError, IngestError, PlanError) as e:
+        except (ConfigError, IngestError, PlanError, RenderError) as e:
             fail(str(e))
         except DatabaseLocked as e:
             fail(str(e), 1)
         except ValidationFailed as e:
-            fail(f"validation failed, nothing was loaded: {e}", 1)
+            fail(f"validation failed, nothing was written or sent: {e}", 1)
 
 
 def _print_ingest(summary: dict) -> None:
@@ -189,6 +190,36 @@ def backfill(
     for t in summary["times"][-3:]:
         console.print(f"  {t['as_of']}: {t['unpaid_orders']:,} unpaid, {t['decisions'].get('remind', 0):,} to remind, "
                       f"{t['visit_tasks']:,} visits ({t['seconds']:.2f} s)")
+
+
+@app.command()
+def dispatch(
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="T, ISO 8601 with an offset or Z; default now."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Render and show what would go out; write nothing."),
+    show: int = typer.Option(5, "--show", help="With --dry-run: how many messages to print."),
+) -> None:
+    """Plan at T, validate, then render and send what is due: SMS/chat by webhook, email by SMTP,
+    calls queued for the agents. Each message goes out once, whatever is re-run."""
+    _check_time(as_of, "--as-of")
+    _settings()
+    if not STATE.db.exists():
+        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+    s = _run_flow("dispatch", "flows.dispatch:dispatch_flow", as_of=as_of, db=str(STATE.db),
+                  config=str(STATE.config), dry_run=dry_run)
+    created = ", ".join(f"{k}: {n:,}" for k, n in s["created"].items()) or "none"
+    console.print(f"dispatch at {s['as_of']}{' (dry run: nothing written or sent)' if s['dry_run'] else ''}")
+    console.print(f"  new messages: {created}")
+    if s["long_sms"]:
+        console.print(f"  [yellow]{s['long_sms']:,} SMS longer than one segment (70 Chinese / 160 GSM characters)[/]")
+    if not s["dry_run"]:
+        console.print(f"  sent {s['sent']:,}, failed {s['failed']:,}; {s['calls_queued']:,} calls queued for agents "
+                      f"({s['seconds']:.1f} s)")
+        for line in s["failures"][:10]:
+            console.print(f"  [red]failed[/] {line}", highlight=False)
+    for m in s["preview"][:show]:
+        console.print(f"\n[bold]{m['message_id']}[/] {m['channel']} to {m['recipient']} ({m['template']}"
+                      f"{', %d SMS parts' % m['segments'] if (m['segments'] or 1) > 1 else ''})", highlight=False)
+        console.print(m["body"], highlight=False)
 
 
 @app.command()

@@ -169,6 +169,7 @@ class Gateway(_Strict):
     timeout_seconds: Annotated[float, Field(gt=0)] = 10
     max_attempts: Annotated[int, Field(ge=1)] = 5
     concurrency: Annotated[int, Field(ge=1)] = 16
+    backoff_seconds: Annotated[float, Field(ge=0)] = 0.5    # first retry waits up to this, doubling
 
     @field_validator("webhook_url")
     @classmethod

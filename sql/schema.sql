@@ -112,8 +112,9 @@ CREATE TABLE IF NOT EXISTS ops.messages (
     created_at      TIMESTAMPTZ NOT NULL,     -- logical time: derived from the run's T
     sent_at         TIMESTAMPTZ,              -- real time
     template        VARCHAR,
-    as_of           TIMESTAMPTZ,
-    last_error      VARCHAR
+    as_of           TIMESTAMPTZ,              -- the T of the dispatch that created it
+    last_error      VARCHAR,                  -- the gateway's or SMTP server's last answer
+    segments        INTEGER                   -- SMS parts the body needs (1 = one segment)
 );
 
 -- plans: one row per T planned (a backfill re-run skips the T it already did)
@@ -147,3 +148,6 @@ CREATE TABLE IF NOT EXISTS marts.visit_tasks (
     -- context for agents and analysts
     trigger_at TIMESTAMPTZ, due_date DATE, total_amount DECIMAL(18, 2), rating INTEGER, review_text VARCHAR
 );
+
+-- columns added after the first release of a table (no-ops on a new file)
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS segments INTEGER;

@@ -118,6 +118,22 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
 }
 
 
+# the dispatch's checks on the messages it is about to create (CONTRACT §4, §6): each column must be false
+OUTBOX_CHECKS = [
+    Check("ExpectColumnValuesToBeInSet", {"column": "paid_at_t", "value_set": [False]},
+          label="a payment reminder for an order paid at T"),
+    Check("ExpectColumnValuesToBeInSet", {"column": "in_quiet", "value_set": [False]},
+          label="a payment reminder inside the shop's quiet hours"),
+    Check("ExpectColumnValuesToBeInSet", {"column": "over_cap", "value_set": [False]},
+          label="more payment reminders to a customer today than daily_cap"),
+    Check("ExpectColumnValuesToBeInSet", {"column": "opted_out", "value_set": [False]},
+          label="a message to an opted-out customer"),
+    Check("ExpectColumnValuesToNotBeNull", {"column": "recipient"},
+          label="an automatic message without a recipient"),
+    Check("ExpectColumnValuesToBeUnique", {"column": "message_id"}, label="a message created twice"),
+]
+
+
 def _context():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -177,3 +193,38 @@ def store(con: duckdb.DuckDBPyConnection, run_kind: str, run_ref: str, results: 
         [(run_kind, run_ref, r["suite"], r["expectation"], r["column"], r["critical"], r["success"],
           r["element_count"], r["unexpected_count"], now) for r in results],
     )
+
+
+def _run_suite(gx, context, name: str, frame, checks: list[Check]) -> list[dict]:
+    source = context.data_sources.add_pandas(f"src_{name}")
+    suite = gx.ExpectationSuite(name=name)
+    for i, check in enumerate(checks):
+        suite.add_expectation(getattr(gx.expectations, check.expectation)(**check.kwargs, meta={"check": i}))
+    batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("run").get_batch(
+        batch_parameters={"dataframe": frame})
+    results = []
+    for r in batch.validate(suite).results:
+        check = checks[int(r.expectation_config.meta["check"])]
+        results.append({
+            "suite": name, "expectation": r.expectation_config.type, "column": check.kwargs.get("column", ""),
+            "critical": check.critical, "label": check.label, "success": bool(r.success),
+            "element_count": int(r.result.get("element_count") or len(frame)),
+            "unexpected_count": int(r.result.get("unexpected_count") or 0),
+        })
+    return results
+
+
+def validate_outbox(con: duckdb.DuckDBPyConnection, frame, as_of) -> list[dict]:
+    """GX on the messages a dispatch is about to create; raise (nothing is written or sent) on a failure."""
+    if frame.height == 0:
+        return []
+    gx, context = _context()
+    pdf = frame.select("message_id", "paid_at_t", "in_quiet", "over_cap", "opted_out", "recipient", "channel").to_pandas()
+    # a call needs no recipient to be queued; automatic messages do
+    pdf.loc[pdf["channel"] == "call", "recipient"] = pdf.loc[pdf["channel"] == "call", "recipient"].fillna("agent")
+    results = _run_suite(gx, context, "outbox", pdf, OUTBOX_CHECKS)
+    store(con, "dispatch", as_of.isoformat(), results)
+    failed = [r for r in results if r["critical"] and not r["success"]]
+    if failed:
+        raise ValidationFailed("; ".join(describe(r) for r in failed))
+    return results

@@ -1,0 +1,140 @@
+"""Sending: the webhook gateway (SMS, chat) and SMTP (email), CONTRACT §7.
+
+Webhook: one POST per message with JSON {message_id, channel, to, body, shop_id, purpose} and the
+header ``Idempotency-Key: <message_id>``, so a message sent again after a crash is accepted once.
+2xx: sent. 429, 5xx, a timeout or a refused connection: retried with exponential backoff and full
+jitter (``Retry-After`` honoured), up to ``max_attempts``. Any other 4xx: failed for good, with the
+gateway's answer kept. Email goes over SMTP; SMTP 4xx and connection errors are retried, 5xx fail.
+Nothing here logs a full phone number or email address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import smtplib
+import ssl
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+RETRYABLE_STATUS = {429} | set(range(500, 600))
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class Outcome:
+    message_id: str
+    status: str            # 'sent' or 'failed'
+    attempts: int
+    error: str | None = None
+    sent_at: datetime | None = None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+            return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def backoff(attempt: int, base: float) -> float:
+    """Full jitter: a random wait in [0, base * 2^(attempt-1)], capped."""
+    return random.uniform(0, min(MAX_BACKOFF, base * 2 ** (attempt - 1)))
+
+
+async def send_webhook(client: httpx.AsyncClient, url: str, msg: dict, *, max_attempts: int, base_delay: float,
+                       token: str = "") -> Outcome:
+    payload = {k: msg[k] for k in ("message_id", "channel", "shop_id", "purpose")} | {"to": msg["recipient"],
+                                                                                       "body": msg["body"]}
+    headers = {"Idempotency-Key": msg["message_id"]}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    error = None
+    for attempt in range(1, max_attempts + 1):
+        wait = None
+        try:
+            response = await client.post(url, json=payload, headers=headers)
+        except httpx.TimeoutException:
+            error = "timeout"
+        except httpx.TransportError as e:          # refused connection, reset, DNS …
+            error = f"connection error: {type(e).__name__}"
+        else:
+            if 200 <= response.status_code < 300:
+                return Outcome(msg["message_id"], "sent", attempt, sent_at=datetime.now(timezone.utc))
+            error = f"HTTP {response.status_code}: {response.text[:300]}"
+            if response.status_code not in RETRYABLE_STATUS:
+                return Outcome(msg["message_id"], "failed", attempt, error)
+            wait = _retry_after(response)
+        if attempt < max_attempts:
+            await asyncio.sleep(min(MAX_BACKOFF, wait) if wait is not None else backoff(attempt, base_delay))
+    return Outcome(msg["message_id"], "failed", max_attempts, f"gave up after {max_attempts} attempts: {error}")
+
+
+class SmtpSender:
+    """One SMTP connection reused for a run's emails (opened on first use)."""
+
+    def __init__(self, host: str, port: int, sender: str, username: str = "", password: str = "",
+                 starttls: bool = False, timeout: float = 10):
+        self.host, self.port, self.sender = host, port, sender
+        self.username, self.password, self.starttls, self.timeout = username, password, starttls, timeout
+        self._smtp: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._smtp is None:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            if self.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if self.username:
+                smtp.login(self.username, self.password)
+            self._smtp = smtp
+        return self._smtp
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except smtplib.SMTPException:
+                pass
+            except OSError:
+                pass
+            self._smtp = None
+
+    def send(self, msg: dict, *, max_attempts: int, base_delay: float) -> Outcome:
+        subject, _, body = msg["body"].partition("\n")
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = self.sender, msg["recipient"], subject.strip()
+        mail["Message-ID"] = email.utils.make_msgid(idstring=msg["message_id"].replace(":", "."))
+        mail["X-CRM-Message-Id"] = msg["message_id"]
+        mail.set_content(body.strip() + "\n")
+        error = None
+        for attempt in range(1, max_attempts + 1):
+            try:
+                self._connect().send_message(mail)
+                return Outcome(msg["message_id"], "sent", attempt, sent_at=datetime.now(timezone.utc))
+            except smtplib.SMTPResponseException as e:
+                error = f"SMTP {e.smtp_code}: {e.smtp_error.decode(errors='replace')[:200] if isinstance(e.smtp_error, bytes) else e.smtp_error}"
+                self.close()
+                if e.smtp_code >= 500:
+                    return Outcome(msg["message_id"], "failed", attempt, error)
+            except smtplib.SMTPRecipientsRefused as e:
+                return Outcome(msg["message_id"], "failed", attempt, f"recipient refused: {list(e.recipients.values())[:1]}")
+            except (OSError, smtplib.SMTPException) as e:
+                error = f"SMTP connection error: {type(e).__name__}"
+                self.close()
+            if attempt < max_attempts:
+                import time
+
+                time.sleep(backoff(attempt, base_delay))
+        return Outcome(msg["message_id"], "failed", max_attempts, f"gave up after {max_attempts} attempts: {error}")

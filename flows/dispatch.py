@@ -1,0 +1,44 @@
+"""Dispatch flow: plan at T, validate, render, write the outbox, send (CONTRACT §6-§7)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from crm import progress
+from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
+from crm.db import connect, sync_shops
+from crm.redact import mask_email, mask_phone
+from flows.retry import only_transient
+from transforms.dispatch import dispatch
+from transforms.plan import parse_as_of
+from transforms.validate import validate_outbox
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=only_transient)
+def dispatch_at(as_of, db: str, config: str, dry_run: bool) -> dict:
+    settings = load_settings(config)
+    con = connect(db)
+    try:
+        sync_shops(con, settings)
+        r = dispatch(con, settings, as_of, dry_run=dry_run, validate=validate_outbox, step=progress.step)
+    finally:
+        con.close()
+    for m in r.preview:
+        m["recipient"] = mask_email(m["recipient"]) if m["channel"] == "email" else mask_phone(m["recipient"])
+    return {"as_of": r.as_of.isoformat(), "dry_run": r.dry_run, "created": r.created, "sent": r.sent,
+            "failed": r.failed, "calls_queued": r.calls_queued, "long_sms": r.long_sms, "preview": r.preview,
+            "failures": r.failures[:20], "seconds": round(r.seconds, 3)}
+
+
+@flow(name="dispatch")
+def dispatch_flow(as_of: str | None = None, db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG,
+                  dry_run: bool = False) -> dict:
+    """Plan at T (default now), validate the messages it creates, then send them and any left queued."""
+    logger = get_run_logger()
+    summary = dispatch_at(parse_as_of(as_of), db, config, dry_run)
+    logger.info("dispatch at %s%s: new %s; sent %d, failed %d; %d calls queued for agents; %d SMS over one segment",
+                summary["as_of"], " (dry run)" if dry_run else "", summary["created"], summary["sent"],
+                summary["failed"], summary["calls_queued"], summary["long_sms"])
+    for line in summary["failures"]:
+        logger.warning("failed: %s", line)
+    return summary

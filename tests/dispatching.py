@@ -1,0 +1,56 @@
+"""Shared set-up for the dispatch tests: a shop, a real gateway, a real SMTP server."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+from planning import local
+
+
+class Mailbox:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+def start_smtp() -> tuple[Controller, Mailbox]:
+    box = Mailbox()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    return controller, box
+
+
+def shop_config(path: Path, gateway_url: str, smtp_port: int, *, capacity: int = 1, extra: str = "") -> Path:
+    path.write_text(f"""
+[[shops]]
+shop_id = "s1"
+name = "萌宠小铺"
+[shops.reminders]
+second_purchase_offer = "老客立减10元"
+[shops.visits]
+manual_capacity = {capacity}
+{extra}
+[gateway]
+webhook_url = "{gateway_url}"
+timeout_seconds = 2
+max_attempts = 4
+backoff_seconds = 0.01
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+""", encoding="utf-8")
+    return path
+
+
+# T = Tuesday 2026-11-24 10:30 in Shanghai: inside the 10:00-11:00 reminder window and before the
+# 11:00-12:00 visit window (automatic follow-ups are due at 11:00).
+T = local("2026-11-24 10:30")

@@ -1,0 +1,84 @@
+"""A real SMS/chat gateway for tests and the benchmark: an ASGI app served by uvicorn on 127.0.0.1.
+
+It is scripted per message: `script[message_id]` is a list of behaviours used one per request
+('ok', ('status', 503), ('retry_after', 429, seconds), ('slow', seconds), ('status', 400, 'bad number'));
+without a script every request is answered 200 after `delay` seconds. Like a real gateway it honours
+Idempotency-Key: a message is *accepted* once, and a repeat of an accepted key gets 200 again
+without being accepted twice (`repeats` counts those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import defaultdict
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+
+class Gateway:
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.script: dict[str, list] = defaultdict(list)
+        self.accepted: dict[str, dict] = {}
+        self.requests: list[tuple[float, str, int]] = []      # (time, key, status answered)
+        self.repeats = 0
+        self.missing_key = 0
+        self._server: uvicorn.Server | None = None
+        self.url = ""
+
+    # ------------------------------------------------------------------ app
+    async def _send(self, request: Request):
+        key = request.headers.get("idempotency-key")
+        payload = await request.json()
+        if not key or key != payload.get("message_id"):
+            self.missing_key += 1
+            return PlainTextResponse("missing Idempotency-Key", status_code=400)
+        behaviour = self.script[key].pop(0) if self.script.get(key) else "ok"
+        if behaviour == "ok" or behaviour[0] == "slow":
+            await asyncio.sleep(self.delay if behaviour == "ok" else behaviour[1])
+            if key in self.accepted:
+                self.repeats += 1
+            else:
+                self.accepted[key] = payload
+            self.requests.append((time.monotonic(), key, 200))
+            return JSONResponse({"id": key, "status": "accepted"})
+        status = behaviour[1]
+        self.requests.append((time.monotonic(), key, status))
+        if behaviour[0] == "retry_after":
+            return PlainTextResponse("slow down", status_code=status, headers={"Retry-After": str(behaviour[2])})
+        return PlainTextResponse(behaviour[2] if len(behaviour) > 2 else "error", status_code=status)
+
+    # ------------------------------------------------------------------ server
+    def start(self) -> "Gateway":
+        app = Starlette(routes=[Route("/send", self._send, methods=["POST"])])
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{port}/send"
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.should_exit = True
+            self._thread.join(timeout=5)
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/send"

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -101,3 +105,32 @@ def con(db_path: Path, config_path: Path):
     sync_shops(c, load_settings(config_path))
     yield c
     c.close()
+
+
+BIN = Path(sys.executable).parent / "crm"
+
+
+def crm(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the `crm` command as a user would."""
+    full_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200", **(env or {})}
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory):
+    """`crm server start` as a user would: a real Prefect server on 127.0.0.1."""
+    home = tmp_path_factory.mktemp("srv")
+    db = home / "crm.duckdb"
+    env = {"PREFECT_API_URL": ""}
+    started = crm("--db", str(db), "server", "start", "--port", str(_free_port()), env=env)
+    assert started.returncode == 0, started.stderr + started.stdout
+    yield db
+    crm("--db", str(db), "server", "stop", env=env)
+
+

@@ -13,15 +13,7 @@ import duckdb
 import httpx
 import pytest
 
-from conftest import Landing, customer, order
-
-BIN = Path(sys.executable).parent / "crm"
-
-
-def crm(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200", **(env or {})}
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=full_env, timeout=timeout)
-
+from conftest import Landing, crm, customer, order
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, result.stderr
@@ -58,24 +50,6 @@ def test_missing_configuration_via_environment(tmp_path, landing):
     line = one_error_line(crm("ingest", str(landing.root), env={"CRM_CONFIG": str(tmp_path / "none.toml"),
                                                                   "CRM_DB": str(tmp_path / "x.duckdb")}))
     assert "none.toml: configuration file not found" in line
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def local_server(tmp_path_factory):
-    """`crm server start` as a user would: a real Prefect server on 127.0.0.1."""
-    home = tmp_path_factory.mktemp("srv")
-    db = home / "crm.duckdb"
-    env = {"PREFECT_API_URL": ""}
-    started = crm("--db", str(db), "server", "start", "--port", str(_free_port()), env=env)
-    assert started.returncode == 0, started.stderr + started.stdout
-    yield db
-    crm("--db", str(db), "server", "stop", env=env)
 
 
 def test_ingest_runs_as_a_prefect_flow_on_the_local_server(local_server, tmp_path, config_path):

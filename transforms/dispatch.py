@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ from datetime import datetime
 import duckdb
 import httpx
 import polars as pl
+import uvloop
 
 from crm.channels import Outcome, SmtpSender, send_webhook
 from crm.db import sql_text, transaction
@@ -114,9 +116,10 @@ def write_outbox(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, as_of: dat
 class _Recorder:
     """Collects outcomes and writes them to ops.messages in batches (one UPDATE per batch)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, batch: int = 200):
-        self.con, self.batch, self.pending, self.sent, self.failed = con, batch, [], 0, 0
+    def __init__(self, con: duckdb.DuckDBPyConnection, batch: int = 200, every: float = 0.25):
+        self.con, self.batch, self.every, self.pending, self.sent, self.failed = con, batch, every, [], 0, 0
         self.failures: list[str] = []
+        self.flushed = time.monotonic()
 
     def add(self, outcome: Outcome) -> None:
         self.pending.append(outcome)
@@ -125,7 +128,9 @@ class _Recorder:
         else:
             self.failed += 1
             self.failures.append(f"{outcome.message_id}: {outcome.error}")
-        if len(self.pending) >= self.batch:
+        # a crash can lose at most one batch of records; those messages are sent again with the same
+        # Idempotency-Key, and the gateway accepts them once
+        if len(self.pending) >= self.batch or time.monotonic() - self.flushed >= self.every:
             self.flush()
 
     def flush(self) -> None:
@@ -149,6 +154,7 @@ class _Recorder:
         finally:
             self.con.unregister("_outcomes")
         self.pending = []
+        self.flushed = time.monotonic()
 
 
 def queued_messages(con: duckdb.DuckDBPyConnection) -> list[dict]:
@@ -168,28 +174,40 @@ async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=No
                       smtp_cfg.starttls, timeout=gw.timeout_seconds)
     smtp_lock = asyncio.Lock()
     timeout = httpx.Timeout(gw.timeout_seconds)
-    limits = httpx.Limits(max_connections=gw.concurrency, max_keepalive_connections=gw.concurrency)
+    # several small connection pools rather than one big one: httpcore's pool does work proportional
+    # to its size for every request, so one pool of 64 is ~3x slower than 16 pools of 4.
+    # TCP_NODELAY: a request's head and body go out at once, not held back by Nagle's algorithm.
+    per_pool = 4
+    debug = log.isEnabledFor(logging.DEBUG)
+    clients = [
+        httpx.AsyncClient(timeout=timeout, transport=httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
+        for _ in range(max(1, -(-gw.concurrency // per_pool)))
+    ]
 
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        async def one(msg: dict) -> None:
-            async with limit:
-                if msg["channel"] == "email":
-                    async with smtp_lock:
-                        outcome = await asyncio.to_thread(smtp.send, msg, max_attempts=gw.max_attempts, base_delay=base)
-                else:
-                    outcome = await send_webhook(client, gw.webhook_url, msg, max_attempts=gw.max_attempts,
-                                                 base_delay=base, token=gw.token)
-            recorder.add(outcome)
+    async def one(i: int, msg: dict) -> None:
+        async with limit:
+            if msg["channel"] == "email":
+                async with smtp_lock:
+                    outcome = await asyncio.to_thread(smtp.send, msg, max_attempts=gw.max_attempts, base_delay=base)
+            else:
+                outcome = await send_webhook(clients[i % len(clients)], gw.webhook_url, msg,
+                                             max_attempts=gw.max_attempts, base_delay=base, token=gw.token)
+        recorder.add(outcome)
+        if debug:
             to = mask_email(msg["recipient"]) if msg["channel"] == "email" else mask_phone(msg["recipient"])
             log.debug("%s %s to %s: %s after %d attempt(s)", msg["channel"], msg["message_id"], to, outcome.status,
                       outcome.attempts)
-            if step:
-                step("send", 1)
+        if step:
+            step("send", 1)
 
-        try:
-            await asyncio.gather(*(one(m) for m in messages))
-        finally:
-            await asyncio.to_thread(smtp.close)
+    try:
+        await asyncio.gather(*(one(i, m) for i, m in enumerate(messages)))
+    finally:
+        for client in clients:
+            await client.aclose()
+        await asyncio.to_thread(smtp.close)
 
 
 def send_queued(con: duckdb.DuckDBPyConnection, settings, step=None) -> tuple[int, int, list[str]]:
@@ -197,7 +215,8 @@ def send_queued(con: duckdb.DuckDBPyConnection, settings, step=None) -> tuple[in
     messages = queued_messages(con)
     recorder = _Recorder(con)
     try:
-        asyncio.run(_send_all(messages, settings, recorder, step))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_send_all(messages, settings, recorder, step))
     finally:
         recorder.flush()
     return recorder.sent, recorder.failed, recorder.failures

@@ -74,6 +74,7 @@ def connect(path: str | Path, *, read_only: bool = False, wait_seconds: float = 
     con.execute("SET TimeZone = 'UTC'")
     if not read_only:
         con.execute(sql_text("schema.sql"))
+        _segments_view(con)
     con.execute(sql_text("macros.sql"))
     return con
 
@@ -90,6 +91,19 @@ SHOP_COLUMNS = """
     high_value_amount DOUBLE, complaint_keywords VARCHAR[], auto_channel VARCHAR, gift_ratio DOUBLE,
     config_json VARCHAR
 """
+
+
+def _segments_view(con: duckdb.DuckDBPyConnection) -> None:
+    """marts.customer_segments: ops.segment_rows, each as of the one T in ops.segment_state.
+    (A file from before this was a view held a table here; its rows are derived, the next plan rebuilds them.)"""
+    kind = con.execute("SELECT table_type FROM information_schema.tables "
+                       "WHERE table_schema = 'marts' AND table_name = 'customer_segments'").fetchone()
+    if kind and kind[0] == "BASE TABLE":
+        con.execute("DROP TABLE marts.customer_segments")
+    if kind is None or kind[0] == "BASE TABLE":
+        con.execute("CREATE VIEW marts.customer_segments AS SELECT state.as_of, r.shop_id, r.customer_id, "
+                    "r.paid_orders, r.lifetime_value, r.last_paid_at, r.member_level, r.segment "
+                    "FROM ops.segment_rows AS r CROSS JOIN ops.segment_state AS state")
 
 
 def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:

@@ -129,11 +129,19 @@ CREATE TABLE IF NOT EXISTS ops.plan_runs (
 );
 
 -- marts (CONTRACT §6): written by a plan, one set of rows per T
-CREATE TABLE IF NOT EXISTS marts.customer_segments (
-    as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL,
+-- marts.customer_segments is a view (crm.db.connect creates it): these rows, all as of one T, so a
+-- plan at a newer T rewrites only the customers whose orders changed (transforms.plan.refresh_segments)
+CREATE TABLE IF NOT EXISTS ops.segment_rows (
+    shop_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL,
     paid_orders BIGINT NOT NULL, lifetime_value DECIMAL(18, 2) NOT NULL, last_paid_at TIMESTAMPTZ,
     member_level INTEGER, segment VARCHAR NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ops.segment_state (
+    as_of           TIMESTAMPTZ NOT NULL,     -- the T every row of ops.segment_rows is as of
+    last_ingest_id  INTEGER NOT NULL          -- the newest ingest those rows have seen
+);
+-- customers whose orders moved to another customer or shop in an ingest: recomputed by the next plan
+CREATE TABLE IF NOT EXISTS ops.segment_dirty (shop_id VARCHAR, customer_id VARCHAR);
 CREATE TABLE IF NOT EXISTS marts.reminder_decisions (
     as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL,
     segment VARCHAR NOT NULL, decision VARCHAR NOT NULL, reason VARCHAR, channel VARCHAR,

@@ -120,3 +120,40 @@ def test_durations():
     for bad in ("", "h", "1 fortnight", "0m"):
         with pytest.raises(PlanError):
             parse_duration(bad)
+
+
+def _segments(con):
+    return con.execute("SELECT * FROM marts.customer_segments ORDER BY shop_id, customer_id").fetchall()
+
+
+def _full_rebuild(con, as_of):
+    con.execute("DELETE FROM ops.segment_state")
+    plan(con, as_of)
+    return _segments(con)
+
+
+def test_incremental_segments_equal_a_full_rebuild(busy, landing):
+    from transforms.ingest import load
+
+    plan(busy, T)
+    # between T and T+2h: an order is paid, another refunded, and a customer's level changes by ingest
+    stage(busy, "orders", {"order_id": "late", "customer_id": "lonely", "created_at": T,
+                           "paid_at": T + 30 * MIN, "total_amount": Decimal("70")})
+    busy.execute("UPDATE staging.orders SET refunded_at = ? WHERE order_id = 'p2'", [T + 60 * MIN])
+    landing.csv("customers", "c.csv", [{"customer_id": "c4", "shop_id": "s1", "name": "n", "member_level": 5,
+                                        "registered_at": "2026-01-01T00:00:00Z", "updated_at": "2026-11-24T00:00:00Z"}])
+    # an ingest moves order p3 from customer c3 to c0
+    landing.csv("orders", "o.csv", [{"order_id": "p3", "shop_id": "s1", "customer_id": "c0",
+                                     "platform": "taobao", "created_at": "2026-11-10T10:03:00+08:00",
+                                     "paid_at": "2026-11-10T10:05:00+08:00", "total_amount": "300",
+                                     "updated_at": "2026-11-24T01:00:00+08:00"}])
+    load(busy, landing.root)
+    later = T + timedelta(hours=2)
+    plan(busy, later)
+    incremental = _segments(busy)
+    assert {r[2]: (r[3], r[7]) for r in incremental}["lonely"] == (1, "second")
+    assert {r[2]: r[3] for r in incremental}["c2"] == 0, "p2 was refunded"
+    assert {r[2]: r[6] for r in incremental}["c4"] == 5
+    assert {r[2]: r[3] for r in incremental}["c3"] == 0 and {r[2]: r[3] for r in incremental}["c0"] == 2
+    assert incremental == _full_rebuild(busy, later)
+    assert {r[0] for r in incremental} == {later}

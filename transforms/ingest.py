@@ -344,6 +344,10 @@ def _merge(con, entity: Entity, ingest_id: int) -> int:
         on = " AND ".join(f"t.{c} = w.{c}" for c in entity.key)
         # this run is a later drop than anything loaded: on equal updated_at, it wins
         newer = " AND w.updated_at >= t.updated_at" if entity.versioned else ""
+        if name == "orders":
+            # an order that moves to another customer or shop changes the old one's segment too
+            con.execute(f"INSERT INTO ops.segment_dirty SELECT t.shop_id, t.customer_id FROM {target} t JOIN _win w "
+                        f"ON {on}{newer} WHERE t.customer_id <> w.customer_id OR t.shop_id <> w.shop_id")
         con.execute(f"DELETE FROM {target} t USING _win w WHERE {on}{newer}")
         con.execute(f"INSERT INTO {target} BY NAME SELECT w.* FROM _win w "
                     f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {on})")

@@ -119,10 +119,8 @@ def build(con: duckdb.DuckDBPyConnection, as_of: datetime, variants: list[str] |
     for name in INTERMEDIATE:
         sql = sql_text(f"intermediate/{name}.sql")
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", _bind(sql, params))
-    for name in MARTS + ["customer_segments"]:
+    for name in MARTS:
         sql = sql_text(f"marts/{name}.sql")
-        if name == "customer_segments":
-            continue  # built only when written (it reads every order)
         con.execute(f"CREATE OR REPLACE TEMP TABLE mart_{name} AS {sql}", _bind(sql, params))
 
 
@@ -143,12 +141,8 @@ def plan(
         for name in MARTS:
             con.execute(f"DELETE FROM marts.{name} WHERE as_of = ?", [as_of])
             con.execute(f"INSERT INTO marts.{name} BY NAME SELECT * FROM mart_{name}")
-        newest = con.execute("SELECT max(as_of) FROM ops.plan_runs").fetchone()[0]
-        if segments and (newest is None or as_of >= newest):
-            sql = sql_text("marts/customer_segments.sql")
-            con.execute("DELETE FROM marts.customer_segments")
-            con.execute(f"INSERT INTO marts.customer_segments BY NAME {sql}", {"as_of": as_of})
-            result.segments_written = True
+        if segments:
+            result.segments_written = refresh_segments(con, as_of)
         result.unpaid_orders = con.execute("SELECT count(*) FROM mart_reminder_decisions").fetchone()[0]
         result.decisions = dict(con.execute(
             "SELECT coalesce(reason, 'remind'), count(*) FROM mart_reminder_decisions GROUP BY 1 ORDER BY 2 DESC"
@@ -164,6 +158,36 @@ def plan(
              result.seconds],
         )
     return result
+
+
+def refresh_segments(con: duckdb.DuckDBPyConnection, as_of: datetime) -> bool:
+    """Bring marts.customer_segments to T when T is the newest T so far (inside the plan's transaction).
+    The first time every customer is computed; later only those whose state can differ from the last
+    T0: orders paid or refunded in (T0, T], rows changed by an ingest since, orders moved by an ingest."""
+    state = con.execute("SELECT as_of, last_ingest_id FROM ops.segment_state").fetchone()
+    if state is not None and as_of < state[0]:
+        return False
+    last_ingest = con.execute("SELECT coalesce(max(ingest_id), 0) FROM ops.ingest_runs WHERE status = 'ok'").fetchone()[0]
+    if state is None:
+        con.execute("CREATE OR REPLACE TEMP TABLE segment_scope AS "
+                    "SELECT shop_id, customer_id FROM staging.customers UNION SELECT shop_id, customer_id FROM staging.orders")
+        con.execute("DELETE FROM ops.segment_rows")
+    else:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE segment_scope AS "
+            "SELECT shop_id, customer_id FROM staging.orders "
+            "WHERE (paid_at > $t0 AND paid_at <= $t) OR (refunded_at > $t0 AND refunded_at <= $t) OR _ingest_id > $i0 "
+            "UNION SELECT shop_id, customer_id FROM staging.customers WHERE _ingest_id > $i0 "
+            "UNION SELECT shop_id, customer_id FROM ops.segment_dirty",
+            {"t0": state[0], "t": as_of, "i0": state[1]},
+        )
+        con.execute("DELETE FROM ops.segment_rows AS r USING segment_scope AS s "
+                    "WHERE r.shop_id = s.shop_id AND r.customer_id = s.customer_id")
+    con.execute(f"INSERT INTO ops.segment_rows BY NAME {sql_text('marts/customer_segments.sql')}", {"as_of": as_of})
+    con.execute("DELETE FROM ops.segment_state")
+    con.execute("INSERT INTO ops.segment_state VALUES (?, ?)", [as_of, last_ingest])
+    con.execute("DELETE FROM ops.segment_dirty")
+    return True
 
 
 def planned_times(con: duckdb.DuckDBPyConnection, backfill_key: str) -> set[datetime]:

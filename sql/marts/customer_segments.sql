@@ -1,28 +1,33 @@
 -- customer_segments: every customer of every shop — also one without orders — with the orders paid and
 -- not refunded at T (CONTRACT §2, §6): paid_orders, lifetime_value, last_paid_at; segment new (0),
 -- second (1), repeat (2 or more). A customer who bought in a shop other than their record's gets a row
--- for that shop too.
-with paid as (
+-- for that shop too. Computed for the (shop, customer) pairs in segment_scope: all of them on a full
+-- rebuild, the ones whose orders changed since the last T otherwise (transforms.plan.refresh_segments).
+with scope as (
+    select shop_id, customer_id from segment_scope
+),
+
+paid as (
     select
-        shop_id, customer_id,
-        count(*)          as paid_orders,
-        sum(total_amount) as lifetime_value,
-        max(paid_at)      as last_paid_at
-    from staging.orders
-    where paid_at <= $as_of::TIMESTAMPTZ
-      and (refunded_at is null or refunded_at > $as_of::TIMESTAMPTZ)
-    group by shop_id, customer_id
+        orders.shop_id, orders.customer_id,
+        count(*)                 as paid_orders,
+        sum(orders.total_amount) as lifetime_value,
+        max(orders.paid_at)      as last_paid_at
+    from staging.orders as orders
+    semi join scope using (shop_id, customer_id)
+    where orders.paid_at <= $as_of::TIMESTAMPTZ
+      and (orders.refunded_at is null or orders.refunded_at > $as_of::TIMESTAMPTZ)
+    group by orders.shop_id, orders.customer_id
 ),
 
 people as (
-    select shop_id, customer_id from staging.customers
+    select shop_id, customer_id from staging.customers semi join scope using (shop_id, customer_id)
     union
     select shop_id, customer_id from paid
 ),
 
 final as (
     select
-        $as_of::TIMESTAMPTZ                                 as as_of,
         people.shop_id, people.customer_id,
         coalesce(paid.paid_orders, 0)                       as paid_orders,
         coalesce(paid.lifetime_value, 0)::DECIMAL(18, 2)    as lifetime_value,

@@ -98,18 +98,19 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--skip-gx", action="store_true", help="do not measure ingest with the GX suites")
+    parser.add_argument("--weeks", type=int, default=6, help="history the orders are spread over")
     args = parser.parse_args()
 
-    data = args.work / f"data-{args.orders}"
+    data = args.work / (f"data-{args.orders}" if args.weeks == 6 else f"data-{args.orders}-w{args.weeks}")
     if not (data / "shops.toml").exists():
         from crm.demo import generate
 
         t = time.perf_counter()
-        generate(data, orders=args.orders, bench=True, anchor=ANCHOR)
+        generate(data, orders=args.orders, bench=True, anchor=ANCHOR, weeks=args.weeks)
         print(f"generated {args.orders:,} orders in {time.perf_counter() - t:.1f} s", flush=True)
     landing, config = data / "landing", data / "shops.toml"
     size = sum(f.stat().st_size for f in landing.rglob("*") if f.is_file())
-    res: dict = {"orders": args.orders, "landing_bytes": size, "anchor": ANCHOR.isoformat()}
+    res: dict = {"orders": args.orders, "weeks": args.weeks, "landing_bytes": size, "anchor": ANCHOR.isoformat()}
 
     def fresh(name: str) -> Path:
         db = args.work / f"{name}-{args.orders}.duckdb"
@@ -138,11 +139,11 @@ def main() -> None:
         res["ratio_first_with_gx_to_bare"] = res["first_with_gx"]["total_seconds"] / res["bare"]["seconds"]
     db.unlink(missing_ok=True)
 
-    out = ROOT / "bench" / "results" / f"plan-{args.orders}.json"
+    out = ROOT / "bench" / "results" / (f"plan-{args.orders}.json" if args.weeks == 6 else f"plan-{args.orders}-w{args.weeks}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     f, n, b = res["first"], res["new_t"], res["backfill"]
-    print(f"\n{args.orders:,} orders ({size / 2**20:.0f} MiB Parquet):")
+    print(f"\n{args.orders:,} orders over {args.weeks} weeks ({size / 2**20:.0f} MiB Parquet):")
     print(f"  bare load                 {res['bare']['seconds']:7.2f} s  peak {res['bare']['peak_rss_mib']:6.0f} MiB")
     print(f"  ingest + first plan       {f['total_seconds']:7.2f} s  (ingest {f['ingest_seconds']:.2f}, plan "
           f"{f['first_plan_seconds']:.2f})  peak {f['peak_rss_mib']:6.0f} MiB  = {res['ratio_first_to_bare']:.2f}x bare")

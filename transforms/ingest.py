@@ -77,6 +77,7 @@ class LandingFile:
     size: int
     sha256: str = ""
     order: int = 0                    # position in this run's drop order (sorted by path)
+    select: str | None = None         # Parquet: the SELECT that reads it in place
 
 
 @dataclass
@@ -170,7 +171,7 @@ def select_new(con: duckdb.DuckDBPyConnection, files: list[LandingFile], step: S
 
 
 def _land_table(con: duckdb.DuckDBPyConnection, entity: Entity) -> str:
-    table = f"land_{entity.name}"
+    table = f"land_{entity.name}_text"
     cols = ", ".join(f'"{c}" VARCHAR' for c in entity.columns)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} ({cols}, _extra VARCHAR, _raw VARCHAR, "
                 f"_source_file VARCHAR, _file_ord INTEGER, _row_number BIGINT)")
@@ -228,17 +229,32 @@ def _readable(con, entity: Entity, f: LandingFile, kind: str, outcome: dict, rea
         return False
 
 
-def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
-    # one file at a time: a union of files would give a naive and an aware timestamp column one type
+def _parquet_select(con, entity: Entity, f: LandingFile) -> str:
+    """A SELECT that reads one Parquet file in place as the land table's columns."""
     scan = f"read_parquet({_sql_str(str(f.path))}, file_row_number = true)"
     meta = f"NULL AS _raw, {_sql_str(str(f.path))} AS _source_file, {f.order} AS _file_ord, file_row_number + 1 AS _row_number"
+    return f"SELECT {_project(con, entity, f'(SELECT * FROM {scan})', meta)} FROM {scan}"
 
+
+def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
+    """Parquet is not copied: its schema and row count are checked here (footer only) and the staging
+    model reads the file in place (see land_view). One file at a time: a union of files would give a
+    naive and an aware timestamp column one type."""
     def read() -> None:
-        select = _project(con, entity, f"(SELECT * FROM {scan})", meta)
-        rows = con.execute(f"INSERT INTO {table} SELECT {select} FROM {scan}").fetchone()[0]
-        outcome[f.sha256] = ("loaded", rows)
+        f.select = _parquet_select(con, entity, f)
+        rows = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [str(f.path)]).fetchone()[0]
+        outcome[f.sha256] = ("loaded", int(rows or 0))
 
     _readable(con, entity, f, "parquet", outcome, read)
+
+
+def land_view(con, entity: Entity, files: list[LandingFile], name: str | None = None) -> str:
+    """land_<entity>: the text rows of CSV/NDJSON files and every readable Parquet file, as one relation."""
+    name = name or f"land_{entity.name}"
+    parts = [f"SELECT * FROM land_{entity.name}_text"]
+    parts += [f.select for f in files if f.format == "parquet" and getattr(f, "select", None)]
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL ".join(parts))
+    return name
 
 
 def _land_csv(con, entity: Entity, table: str, f: LandingFile, outcome: dict) -> None:
@@ -295,22 +311,28 @@ def _sql_str(s: str) -> str:
 # 3. stage: type, quarantine the bad, merge the good (newest wins)
 
 
-def _stage(con, entity: Entity, ingest_id: int) -> int:
+def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile]) -> int:
     """Type the landed rows, quarantine the bad ones, merge the good ones; returns the good count."""
+    land_view(con, entity, files)
     con.execute(f"CREATE OR REPLACE TEMP TABLE stg_{entity.name} AS " + sql_text(f"staging/stg_{entity.name}.sql"))
-    as_json = ", ".join(f"'{c}', l.\"{c}\"" for c in entity.columns)
-    con.execute(
-        f"""
-        INSERT INTO ops.quarantine
-        SELECT ?, s._source_file, s._row_number,
-               coalesce(l._raw, json_merge_patch(json_object({as_json}), coalesce(l._extra, '{{}}'))::VARCHAR),
-               s._reject_reason, ?, now()
-        FROM stg_{entity.name} s
-        JOIN land_{entity.name} l USING (_file_ord, _row_number)
-        WHERE s._reject_reason IS NOT NULL
-        """,
-        [entity.name, ingest_id],
-    )
+    bad_files = {r[0] for r in con.execute(
+        f"SELECT DISTINCT _file_ord FROM stg_{entity.name} WHERE _reject_reason IS NOT NULL").fetchall()}
+    if bad_files:
+        # the rows themselves, read again only from the files that have bad rows
+        source = land_view(con, entity, [f for f in files if f.order in bad_files], f"land_{entity.name}_bad")
+        as_json = ", ".join(f"'{c}', l.\"{c}\"" for c in entity.columns)
+        con.execute(
+            f"""
+            INSERT INTO ops.quarantine
+            SELECT ?, s._source_file, s._row_number,
+                   coalesce(l._raw, json_merge_patch(json_object({as_json}), coalesce(l._extra, '{{}}'))::VARCHAR),
+                   s._reject_reason, ?, now()
+            FROM stg_{entity.name} s
+            JOIN {source} l USING (_file_ord, _row_number)
+            WHERE s._reject_reason IS NOT NULL
+            """,
+            [entity.name, ingest_id],
+        )
     good = _merge(con, entity, ingest_id)
     con.execute(f"DROP TABLE stg_{entity.name}")
     return good
@@ -406,7 +428,8 @@ def load(
             _stage_all(con, landing_dir, new, outcome, result, started, validate, step)
     finally:
         for entity in ENTITIES:
-            con.execute(f"DROP TABLE IF EXISTS land_{entity}")
+            con.execute(f"DROP VIEW IF EXISTS land_{entity}; DROP VIEW IF EXISTS land_{entity}_bad; "
+                        f"DROP TABLE IF EXISTS land_{entity}_text")
     return result
 
 
@@ -421,7 +444,7 @@ def _stage_all(con, landing_dir, new: list[LandingFile], outcome: dict, result: 
     for entity in ENTITIES.values():
         mine = [f for f in new if f.entity == entity.name]
         counts = result.entities.setdefault(entity.name, EntityCounts(files=len(mine)))
-        counts.rows_loaded = _stage(con, entity, ingest_id)
+        counts.rows_loaded = _stage(con, entity, ingest_id, mine)
         counts.rows_read = sum(outcome[f.sha256][1] for f in mine)
         counts.rows_quarantined = con.execute(
             "SELECT count(*) FROM ops.quarantine WHERE ingest_id = ? AND entity = ? AND row_number IS NOT NULL",

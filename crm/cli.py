@@ -206,6 +206,10 @@ def dispatch(
         fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
     s = _run_flow("dispatch", "flows.dispatch:dispatch_flow", as_of=as_of, db=str(STATE.db),
                   config=str(STATE.config), dry_run=dry_run)
+    _print_dispatch(s, show)
+
+
+def _print_dispatch(s: dict, show: int) -> None:
     created = ", ".join(f"{k}: {n:,}" for k, n in s["created"].items()) or "none"
     console.print(f"dispatch at {s['as_of']}{' (dry run: nothing written or sent)' if s['dry_run'] else ''}")
     console.print(f"  new messages: {created}")
@@ -241,6 +245,7 @@ def demo(
                        db=str(STATE.db), config=str(STATE.config))
     _print_ingest(result["ingest"])
     _print_plan(result["plan"])
+    _print_dispatch(result["dispatch"], 3)
     console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
 
 

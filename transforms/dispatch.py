@@ -246,8 +246,12 @@ def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=
     result.long_sms = frame.filter(pl.col("segments") > 1).height
     result.calls_queued = frame.filter(pl.col("channel") == "call").height
     if dry_run:
-        result.preview = frame.select("message_id", "purpose", "channel", "recipient", "template", "body",
-                                      "segments").to_dicts()
+        # one message of each template first, so a short preview shows every kind
+        result.preview = (frame.sort("message_id")
+                          .with_columns(pl.int_range(pl.len()).over("template").alias("_nth"))
+                          .sort("_nth", "template")
+                          .select("message_id", "purpose", "channel", "recipient", "template", "body", "segments")
+                          .to_dicts())
         result.seconds = time.perf_counter() - started
         return result
     write_outbox(con, frame, as_of)

@@ -15,6 +15,7 @@ import email.utils
 import random
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import EmailMessage
@@ -134,7 +135,5 @@ class SmtpSender:
                 error = f"SMTP connection error: {type(e).__name__}"
                 self.close()
             if attempt < max_attempts:
-                import time
-
                 time.sleep(backoff(attempt, base_delay))
         return Outcome(msg["message_id"], "failed", max_attempts, f"gave up after {max_attempts} attempts: {error}")

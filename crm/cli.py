@@ -7,7 +7,6 @@ Every failure the user can fix prints one line starting with ``error:`` and exit
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +31,7 @@ err = Console(stderr=True)
 class Ctx:
     db: Path
     config: Path
+    config_given: bool = False      # --config or CRM_CONFIG, not the default
 
 
 STATE = Ctx()
@@ -44,10 +44,12 @@ def fail(message: str, code: int = 2) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     db: Path = typer.Option(DEFAULT_DB, "--db", envvar="CRM_DB", help="The DuckDB file.", show_default=True),
     config: Path = typer.Option(DEFAULT_CONFIG, "--config", envvar="CRM_CONFIG", help="The shops configuration file."),
 ) -> None:
     STATE.db, STATE.config = db, config
+    STATE.config_given = ctx.get_parameter_source("config").name != "DEFAULT"
 
 
 def _settings():
@@ -235,10 +237,12 @@ def demo(
     """Make demo data (three shops, weeks of history, the seeds' situations) and run the pipeline on it."""
     from crm.demo import generate
 
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder")
     console.print(f"generating {orders:,} orders into {out}/ …")
     summary = generate(out, orders=orders, seed=seed)
     # the demo's own shops file, unless the user named one
-    if "--config" not in sys.argv and not _env("CRM_CONFIG"):
+    if not STATE.config_given:
         STATE.config = summary.config_path
     _settings()
     result = _run_flow("demo", "flows.demo:demo_flow", landing_dir=str(summary.landing_dir), as_of=summary.anchor.isoformat(),
@@ -247,12 +251,6 @@ def demo(
     _print_plan(result["plan"])
     _print_dispatch(result["dispatch"], 3)
     console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
-
-
-def _env(name: str) -> str:
-    import os
-
-    return os.environ.get(name, "")
 
 
 @app.command()

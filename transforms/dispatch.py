@@ -168,7 +168,7 @@ def queued_messages(con: duckdb.DuckDBPyConnection) -> list[dict]:
 
 async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=None) -> None:
     gw, smtp_cfg = settings.gateway, settings.smtp
-    base = getattr(gw, "backoff_seconds", 0.5)
+    base = gw.backoff_seconds
     limit = asyncio.Semaphore(gw.concurrency)
     smtp = SmtpSender(smtp_cfg.host, smtp_cfg.port, smtp_cfg.sender, smtp_cfg.username, smtp_cfg.password,
                       smtp_cfg.starttls, timeout=gw.timeout_seconds)

@@ -148,36 +148,20 @@ def _context():
 def validate_ingest(con: duckdb.DuckDBPyConnection, ingest_id: int) -> list[dict]:
     """Run every suite on the rows of `ingest_id`; store the results; raise on a critical failure."""
     gx, context = _context()
-    source = context.data_sources.add_pandas("staging")
     results: list[dict] = []
     for entity, (query, checks) in SUITES.items():
         frame = con.execute(query.replace("$ingest_id", str(int(ingest_id)))).df()
-        if frame.empty:
-            continue
-        suite = gx.ExpectationSuite(name=f"staging.{entity}")
-        for i, check in enumerate(checks):
-            suite.add_expectation(getattr(gx.expectations, check.expectation)(**check.kwargs, meta={"check": i}))
-        batch = source.add_dataframe_asset(entity).add_batch_definition_whole_dataframe("run").get_batch(
-            batch_parameters={"dataframe": frame})
-        outcome = batch.validate(suite)
-        for r in outcome.results:
-            check = checks[int(r.expectation_config.meta["check"])]
-            kwargs = r.expectation_config.kwargs
-            results.append({
-                "suite": f"staging.{entity}",
-                "expectation": r.expectation_config.type,
-                "column": kwargs.get("column") or ",".join(kwargs.get("column_list") or [kwargs.get("column_A", ""), kwargs.get("column_B", "")]).strip(","),
-                "critical": check.critical,
-                "label": check.label,
-                "success": bool(r.success),
-                "element_count": int(r.result.get("element_count") or len(frame)),
-                "unexpected_count": int(r.result.get("unexpected_count") or 0),
-            })
+        if not frame.empty:
+            results += _run_suite(gx, context, f"staging.{entity}", frame, checks)
     store(con, "ingest", str(ingest_id), results)
+    _raise_on_critical(results)
+    return results
+
+
+def _raise_on_critical(results: list[dict]) -> None:
     failed = [r for r in results if r["critical"] and not r["success"]]
     if failed:
         raise ValidationFailed("; ".join(describe(r) for r in failed))
-    return results
 
 
 def describe(r: dict) -> str:
@@ -195,7 +179,14 @@ def store(con: duckdb.DuckDBPyConnection, run_kind: str, run_ref: str, results: 
     )
 
 
+def _columns(kwargs: dict) -> str:
+    """What an expectation looks at: 'order_id', 'order_id,line_no' or 'paid_at,created_at'."""
+    return kwargs.get("column") or ",".join(kwargs.get("column_list") or [kwargs.get("column_A", ""),
+                                                                           kwargs.get("column_B", "")]).strip(",")
+
+
 def _run_suite(gx, context, name: str, frame, checks: list[Check]) -> list[dict]:
+    """One GX suite over a pandas frame; one result dict per check."""
     source = context.data_sources.add_pandas(f"src_{name}")
     suite = gx.ExpectationSuite(name=name)
     for i, check in enumerate(checks):
@@ -206,7 +197,7 @@ def _run_suite(gx, context, name: str, frame, checks: list[Check]) -> list[dict]
     for r in batch.validate(suite).results:
         check = checks[int(r.expectation_config.meta["check"])]
         results.append({
-            "suite": name, "expectation": r.expectation_config.type, "column": check.kwargs.get("column", ""),
+            "suite": name, "expectation": r.expectation_config.type, "column": _columns(check.kwargs),
             "critical": check.critical, "label": check.label, "success": bool(r.success),
             "element_count": int(r.result.get("element_count") or len(frame)),
             "unexpected_count": int(r.result.get("unexpected_count") or 0),
@@ -224,7 +215,5 @@ def validate_outbox(con: duckdb.DuckDBPyConnection, frame, as_of) -> list[dict]:
     pdf.loc[pdf["channel"] == "call", "recipient"] = pdf.loc[pdf["channel"] == "call", "recipient"].fillna("agent")
     results = _run_suite(gx, context, "outbox", pdf, OUTBOX_CHECKS)
     store(con, "dispatch", as_of.isoformat(), results)
-    failed = [r for r in results if r["critical"] and not r["success"]]
-    if failed:
-        raise ValidationFailed("; ".join(describe(r) for r in failed))
+    _raise_on_critical(results)
     return results

@@ -7,7 +7,10 @@ time, so a writer that meets a lock waits and retries for a while before giving 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from functools import cache
@@ -91,6 +94,50 @@ SHOP_COLUMNS = """
     high_value_amount DOUBLE, complaint_keywords VARCHAR[], auto_channel VARCHAR, gift_ratio DOUBLE,
     config_json VARCHAR
 """
+
+
+def analytics_path(db: str | Path) -> Path:
+    """The read-only copy analysts open: data/crm.duckdb -> data/crm.analytics.duckdb."""
+    db = Path(db)
+    return db.with_name(f"{db.stem}.analytics{db.suffix or '.duckdb'}")
+
+
+def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path) -> Path:
+    """Copy the database for analysts after a run. The copy is taken while this process still holds the
+    file (no other writer can change it), after a CHECKPOINT (the file is complete without its WAL), and
+    swapped in by rename: an analyst who has the previous copy open keeps reading it undisturbed."""
+    target = analytics_path(db)
+    con.execute("CHECKPOINT")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(db, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+@contextmanager
+def exclusive(lock_file: str | Path, *, wait_seconds: float, on_wait=None) -> Iterator[None]:
+    """One holder at a time across processes (an flock on `lock_file`); a second one waits, saying so
+    once through `on_wait`, and gives up after `wait_seconds` with DatabaseLocked."""
+    path = Path(lock_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + wait_seconds
+        told = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told and on_wait:
+                    on_wait()
+                    told = True
+                if time.monotonic() >= deadline:
+                    raise DatabaseLocked(f"{path}: still held by another run after {wait_seconds:.0f} s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _segments_view(con: duckdb.DuckDBPyConnection) -> None:

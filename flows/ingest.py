@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import DatabaseLocked, connect, sync_shops
+from crm.db import DatabaseLocked, connect, publish_snapshot, sync_shops
 from flows.retry import only_transient
 from transforms.ingest import load
 from transforms.validate import describe, validate_ingest
@@ -21,6 +21,8 @@ def load_landing(landing_dir: str, db: str, config: str) -> dict:
     try:
         sync_shops(con, settings)
         result = load(con, landing_dir, validate=validate_ingest, step=progress.step)
+        if result.ingest_id is not None:
+            publish_snapshot(con, db)
     finally:
         con.close()
     return {

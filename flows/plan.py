@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import connect, sync_shops
+from crm.db import connect, publish_snapshot, sync_shops
 from flows.retry import only_transient
 from transforms.plan import backfill_times, parse_as_of, parse_duration, plan, planned_times
 
@@ -26,11 +26,15 @@ def _summary(result) -> dict:
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
-def plan_at(as_of: datetime, db: str, config: str, segments: bool = True, backfill_key: str | None = None) -> dict:
+def plan_at(as_of: datetime, db: str, config: str, segments: bool = True, backfill_key: str | None = None,
+            publish: bool = True) -> dict:
     con = connect(db)
     try:
         sync_shops(con, load_settings(config))
-        return _summary(plan(con, as_of, segments=segments, backfill_key=backfill_key))
+        summary = _summary(plan(con, as_of, segments=segments, backfill_key=backfill_key))
+        if publish:
+            publish_snapshot(con, db)
+        return summary
     finally:
         con.close()
 
@@ -73,7 +77,8 @@ def backfill_flow(start: str, end: str, every: str = "1h", db: str = DEFAULT_DB,
     logger.info("backfill %s: %d of %d times to plan", key, len(todo), total)
     results = []
     for i, t in enumerate(todo):
-        results.append(plan_at(t, db, config, segments=(t == t2), backfill_key=key))
+        last = i == len(todo) - 1
+        results.append(plan_at(t, db, config, segments=(t == t2), backfill_key=key, publish=last))
         progress.step(f"{i + 1}/{len(todo)} planned ({t.isoformat()})")
     logger.info("backfill %s: planned %d times, %d skipped as done", key, len(results), total - len(todo))
     return {"key": key, "planned": len(results), "skipped": total - len(todo), "times": results}

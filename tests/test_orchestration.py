@@ -70,3 +70,49 @@ def test_an_analyst_reading_does_not_block_a_flow(local_server, tmp_path):
     assert fresh.execute(query).fetchone()[0] == 2, "a new connection sees the latest run"
     assert fresh.execute("SELECT count(*) FROM marts.customer_segments").fetchone()[0] == 3
     fresh.close()
+
+
+def test_deploy_from_prefect_yaml_and_run_through_the_api(local_server, tmp_path):
+    """prefect work-pool create + prefect deploy --all + a process worker, as the README says; then a plan
+    run triggered through the API writes the marts."""
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    repo = Path(__file__).resolve().parent.parent
+    db, config = local_server.parent / "deployed.duckdb", tmp_path / "shops.toml"
+    _shop_with_orders(db, config, "http://127.0.0.1:9/send", 5)
+    api = crm("--db", str(local_server), "server", "status").stdout.split("running at ")[1].split()[0]
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "CRM_HOME": str(repo), "CRM_DB": str(db), "CRM_CONFIG": str(config)}
+    prefect = str(BIN.with_name("prefect"))
+    subprocess.run([prefect, "work-pool", "create", "crm-process", "--type", "process", "--overwrite"],
+                   env=env, cwd=repo, check=True, capture_output=True)
+    deployed = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=repo, capture_output=True,
+                              text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    worker = subprocess.Popen([prefect, "worker", "start", "--pool", "crm-process"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with httpx.Client(base_url=api, timeout=30) as client:
+            names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
+            assert {"ingest", "dispatch", "plan-daily", "backfill"} <= names
+            [deployment] = client.post("/deployments/filter", json={"deployments": {"name": {"any_": ["plan-daily"]}}}).json()
+            run = client.post(f"/deployments/{deployment['id']}/create_flow_run",
+                              json={"parameters": {"as_of": T.isoformat()}}).json()
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                state = client.get(f"/flow_runs/{run['id']}").json()["state"]["type"]
+                if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                    break
+                time.sleep(1)
+        assert state == "COMPLETED"
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait()
+    con = duckdb.connect(str(db), read_only=True)
+    decisions = con.execute("SELECT decision, count(*) FROM marts.reminder_decisions WHERE as_of = ? GROUP BY 1",
+                            [T]).fetchall()
+    con.close()
+    assert decisions == [("remind", 5)]

@@ -159,3 +159,37 @@ CREATE TABLE IF NOT EXISTS marts.visit_tasks (
 
 -- columns added after the first release of a table (no-ops on a new file)
 ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS segments INTEGER;
+
+-- visit outcomes (CONTRACT §5, §6): one row per recorded visit; an order can have several (not reached,
+-- called back later, reached)
+CREATE TABLE IF NOT EXISTS ops.visit_outcomes (
+    order_id        VARCHAR NOT NULL,
+    reached         BOOLEAN NOT NULL,
+    quality         VARCHAR,                  -- good, issue, n/a
+    logistics       VARCHAR,
+    packaging       VARCHAR,
+    service         VARCHAR,
+    suggestion      VARCHAR,
+    gift            BOOLEAN NOT NULL DEFAULT false,
+    compensation    VARCHAR NOT NULL DEFAULT 'none',   -- none, coupon, free_shipping, …
+    recorded_at     TIMESTAMPTZ NOT NULL,
+    -- extras
+    shop_id         VARCHAR,
+    callback_at     TIMESTAMPTZ,              -- not reached: when to call again
+    agent           VARCHAR,
+    message_id      VARCHAR                   -- the call task it closes
+);
+
+-- CONTRACT §8: written by a plan at the newest T (as_of), rebuilt whole
+CREATE TABLE IF NOT EXISTS marts.feedback_summary (
+    as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, period VARCHAR NOT NULL, period_start DATE NOT NULL,
+    visits_planned BIGINT NOT NULL, reached BIGINT NOT NULL,
+    quality_issues BIGINT NOT NULL, logistics_issues BIGINT NOT NULL, packaging_issues BIGINT NOT NULL,
+    service_issues BIGINT NOT NULL, gifts BIGINT NOT NULL, compensations BIGINT NOT NULL, suggestions BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS marts.reminder_effect (
+    as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, day DATE NOT NULL,
+    orders_reminded BIGINT NOT NULL, reminded_paid_before_close BIGINT NOT NULL,
+    recovered_amount DECIMAL(18, 2) NOT NULL,
+    orders_held_out BIGINT NOT NULL, held_out_paid_before_close BIGINT NOT NULL
+);

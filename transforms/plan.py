@@ -31,6 +31,7 @@ INTERMEDIATE = [
     "int_order_style",
 ]
 MARTS = ["reminder_decisions", "visit_tasks"]
+REPORTS = ["feedback_summary", "reminder_effect"]      # rebuilt whole at the newest T
 
 
 class PlanError(Exception):
@@ -143,6 +144,11 @@ def plan(
             con.execute(f"INSERT INTO marts.{name} BY NAME SELECT * FROM mart_{name}")
         if segments:
             result.segments_written = refresh_segments(con, as_of)
+        if result.segments_written:
+            # the feedback and the reminders' effect, as of the newest T (CONTRACT §8)
+            for name in REPORTS:
+                con.execute(f"DELETE FROM marts.{name}")
+                con.execute(f"INSERT INTO marts.{name} BY NAME {sql_text(f'marts/{name}.sql')}", {"as_of": as_of})
         result.unpaid_orders = con.execute("SELECT count(*) FROM mart_reminder_decisions").fetchone()[0]
         result.decisions = dict(con.execute(
             "SELECT coalesce(reason, 'remind'), count(*) FROM mart_reminder_decisions GROUP BY 1 ORDER BY 2 DESC"

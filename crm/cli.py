@@ -21,8 +21,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Payment reminders (催付) and follow-up visits (回访) for online shops.",
 )
+visits_app = typer.Typer(no_args_is_help=True, help="Follow-up visit outcomes recorded by the call centre.")
 server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, so that each command skips Prefect's ~20 s start-up.")
 app.add_typer(server_app, name="server")
+app.add_typer(visits_app, name="visits")
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -79,6 +81,7 @@ def _run_flow(label: str, target: str, /, **params):
     from crm.db import DatabaseLocked
     from transforms.ingest import IngestError
     from crm.render import RenderError
+    from transforms.outcomes import OutcomeError
     from transforms.plan import PlanError
     from transforms.validate import ValidationFailed
 
@@ -92,7 +95,7 @@ def _run_flow(label: str, target: str, /, **params):
         try:
             with progress.reporting(report):
                 return fn(**params)
-        except (ConfigError, IngestError, PlanError, RenderError) as e:
+        except (ConfigError, IngestError, PlanError, RenderError, OutcomeError) as e:
             fail(str(e))
         except DatabaseLocked as e:
             fail(str(e), 1)
@@ -308,6 +311,25 @@ def quarantine(
         for e, f, n, reason, row in rows:
             table.add_row(e, Path(f).name, "whole file" if n is None else str(n), reason, redact(row or "")[:160])
         console.print(table)
+
+
+@visits_app.command("import")
+def visits_import(file: Path = typer.Argument(..., help="CSV: order_id, reached, quality, logistics, packaging, "
+                                                         "service, suggestion, gift, compensation[, recorded_at, callback_at, agent]")) -> None:
+    """Record a call-centre export: good rows are saved, bad ones reported with their line numbers
+    (exit 1 when any row was refused)."""
+    if not file.is_file():
+        fail(f"{file}: file not found")
+    _settings()
+    if not STATE.db.exists():
+        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+    s = _run_flow("visits import", "flows.visits:visits_import_flow", path=str(file), db=str(STATE.db),
+                  config=str(STATE.config))
+    console.print(f"{s['saved']:,} outcomes saved, {len(s['errors']):,} refused")
+    for line, reason in s["errors"]:
+        console.print(f"  line {line}: {reason}", highlight=False)
+    if s["errors"]:
+        raise typer.Exit(1)
 
 
 @server_app.command("start")

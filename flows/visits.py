@@ -1,0 +1,31 @@
+"""Visit outcomes flow: record a call-centre export (CONTRACT §5)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
+from crm.db import connect, publish_snapshot, sync_shops
+from flows.retry import only_transient
+from transforms.outcomes import import_file
+
+
+@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
+def record_file(path: str, db: str, config: str) -> dict:
+    settings = load_settings(config)
+    con = connect(db)
+    try:
+        sync_shops(con, settings)
+        result = import_file(con, settings, path)
+        if result.saved:
+            publish_snapshot(con, db)
+    finally:
+        con.close()
+    return {"saved": result.saved, "errors": result.errors}
+
+
+@flow(name="visits-import")
+def visits_import_flow(path: str, db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG) -> dict:
+    summary = record_file(path, db, config)
+    get_run_logger().info("visit outcomes from %s: %d saved, %d refused", path, summary["saved"], len(summary["errors"]))
+    return summary

@@ -66,10 +66,7 @@ def main() -> None:
         started = time.perf_counter()
         write_outbox(con, frame, now)
         written = time.perf_counter()
-        import cProfile, pstats
-        prof = cProfile.Profile(); prof.enable()
         sent, failed, _ = send_queued(con, settings)
-        prof.disable(); pstats.Stats(prof).sort_stats("tottime").print_stats(14)
         done = time.perf_counter()
         recorded = con.execute("SELECT count(*) FROM ops.messages WHERE status = 'sent'").fetchone()[0]
         con.close()

@@ -169,7 +169,6 @@ def queued_messages(con: duckdb.DuckDBPyConnection) -> list[dict]:
 async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=None) -> None:
     gw, smtp_cfg = settings.gateway, settings.smtp
     base = gw.backoff_seconds
-    limit = asyncio.Semaphore(gw.concurrency)
     smtp = SmtpSender(smtp_cfg.host, smtp_cfg.port, smtp_cfg.sender, smtp_cfg.username, smtp_cfg.password,
                       smtp_cfg.starttls, timeout=gw.timeout_seconds)
     smtp_lock = asyncio.Lock()
@@ -187,13 +186,12 @@ async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=No
     ]
 
     async def one(i: int, msg: dict) -> None:
-        async with limit:
-            if msg["channel"] == "email":
-                async with smtp_lock:
-                    outcome = await asyncio.to_thread(smtp.send, msg, max_attempts=gw.max_attempts, base_delay=base)
-            else:
-                outcome = await send_webhook(clients[i % len(clients)], gw.webhook_url, msg,
-                                             max_attempts=gw.max_attempts, base_delay=base, token=gw.token)
+        if msg["channel"] == "email":
+            async with smtp_lock:
+                outcome = await asyncio.to_thread(smtp.send, msg, max_attempts=gw.max_attempts, base_delay=base)
+        else:
+            outcome = await send_webhook(clients[i % len(clients)], gw.webhook_url, msg,
+                                         max_attempts=gw.max_attempts, base_delay=base, token=gw.token)
         recorder.add(outcome)
         if debug:
             to = mask_email(msg["recipient"]) if msg["channel"] == "email" else mask_phone(msg["recipient"])
@@ -202,8 +200,15 @@ async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=No
         if step:
             step("send", 1)
 
+    # a fixed crew of `concurrency` workers taking the next message, rather than a task per message
+    pending = iter(enumerate(messages))
+
+    async def worker() -> None:
+        for i, msg in pending:
+            await one(i, msg)
+
     try:
-        await asyncio.gather(*(one(i, m) for i, m in enumerate(messages)))
+        await asyncio.gather(*(worker() for _ in range(min(gw.concurrency, max(1, len(messages))))))
     finally:
         for client in clients:
             await client.aclose()

@@ -96,6 +96,18 @@ SHOP_COLUMNS = """
 """
 
 
+@contextmanager
+def session(db: str | Path, settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A writing connection with the configured shops (ops.shops and the per-shop macros) in place,
+    closed afterwards: what every flow task works in."""
+    con = connect(db)
+    try:
+        sync_shops(con, settings)
+        yield con
+    finally:
+        con.close()
+
+
 def analytics_path(db: str | Path) -> Path:
     """The read-only copy analysts open: data/crm.duckdb -> data/crm.analytics.duckdb."""
     db = Path(db)

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import connect, exclusive, publish_snapshot, sync_shops
+from crm.db import exclusive, publish_snapshot, session
 from crm.redact import mask_email, mask_phone
 from flows.retry import only_transient
 from transforms.dispatch import dispatch
@@ -21,14 +21,10 @@ def dispatch_at(as_of, db: str, config: str, dry_run: bool, wait_seconds: float 
     # two dispatches never run at once (whoever starts them: a schedule, a person, a retry)
     with exclusive(f"{db}.dispatch.lock", wait_seconds=wait_seconds,
                    on_wait=lambda: logger.warning("another dispatch is running on %s: waiting for it to finish", db)):
-        con = connect(db)
-        try:
-            sync_shops(con, settings)
+        with session(db, settings) as con:
             r = dispatch(con, settings, as_of, dry_run=dry_run, validate=validate_outbox, step=progress.step)
             if not dry_run:
                 publish_snapshot(con, db)
-        finally:
-            con.close()
     for m in r.preview:
         m["recipient"] = mask_email(m["recipient"]) if m["channel"] == "email" else mask_phone(m["recipient"])
     return {"as_of": r.as_of.isoformat(), "dry_run": r.dry_run, "created": r.created, "sent": r.sent,

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import DatabaseLocked, connect, publish_snapshot, sync_shops
+from crm.db import DatabaseLocked, publish_snapshot, session
 from flows.retry import only_transient
 from transforms.ingest import load
 from transforms.validate import describe, validate_ingest
@@ -16,15 +16,10 @@ from transforms.validate import describe, validate_ingest
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
 def load_landing(landing_dir: str, db: str, config: str) -> dict:
-    settings = load_settings(config)
-    con = connect(db)
-    try:
-        sync_shops(con, settings)
+    with session(db, load_settings(config)) as con:
         result = load(con, landing_dir, validate=validate_ingest, step=progress.step)
         if result.ingest_id is not None:
             publish_snapshot(con, db)
-    finally:
-        con.close()
     return {
         "ingest_id": result.ingest_id,
         "files_seen": result.files_seen,

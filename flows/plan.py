@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import connect, publish_snapshot, sync_shops
+from crm.db import connect, publish_snapshot, session
 from flows.retry import only_transient
 from transforms.plan import backfill_times, parse_as_of, parse_duration, plan, planned_times
 
@@ -28,15 +28,11 @@ def _summary(result) -> dict:
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
 def plan_at(as_of: datetime, db: str, config: str, segments: bool = True, backfill_key: str | None = None,
             publish: bool = True) -> dict:
-    con = connect(db)
-    try:
-        sync_shops(con, load_settings(config))
+    with session(db, load_settings(config)) as con:
         summary = _summary(plan(con, as_of, segments=segments, backfill_key=backfill_key))
         if publish:
             publish_snapshot(con, db)
         return summary
-    finally:
-        con.close()
 
 
 @flow(name="plan")

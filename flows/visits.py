@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import connect, publish_snapshot, sync_shops
+from crm.db import publish_snapshot, session
 from flows.retry import only_transient
 from transforms.outcomes import import_file
 
@@ -13,14 +13,10 @@ from transforms.outcomes import import_file
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
 def record_file(path: str, db: str, config: str) -> dict:
     settings = load_settings(config)
-    con = connect(db)
-    try:
-        sync_shops(con, settings)
+    with session(db, settings) as con:
         result = import_file(con, settings, path)
         if result.saved:
             publish_snapshot(con, db)
-    finally:
-        con.close()
     return {"saved": result.saved, "errors": result.errors}
 
 

@@ -341,15 +341,16 @@ def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile]) -> int
 def _merge(con, entity: Entity, ingest_id: int) -> int:
     name = entity.name
     target = f"staging.{name}"
+    good = con.execute(f"SELECT count(*) FROM stg_{name} WHERE _reject_reason IS NULL").fetchone()[0]
     if not entity.key:
         # no key: a row is its own key; an exact repeat is kept once
-        cols = ", ".join(ENTITY_VALUE_COLUMNS[name])
+        cols = ", ".join(entity.columns)
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE _win AS SELECT * EXCLUDE (_reject_reason), {ingest_id} AS _ingest_id "
             f"FROM stg_{name} WHERE _reject_reason IS NULL "
             f"QUALIFY row_number() OVER (PARTITION BY {cols} ORDER BY _file_ord, _row_number) = 1"
         )
-        same = " AND ".join(f"t.{c} IS NOT DISTINCT FROM w.{c}" for c in ENTITY_VALUE_COLUMNS[name])
+        same = " AND ".join(f"t.{c} IS NOT DISTINCT FROM w.{c}" for c in entity.columns)
         con.execute(f"INSERT INTO {target} BY NAME SELECT w.* FROM _win w WHERE NOT EXISTS "
                     f"(SELECT 1 FROM {target} t WHERE {same})")
     else:
@@ -361,7 +362,7 @@ def _merge(con, entity: Entity, ingest_id: int) -> int:
         if con.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {target})").fetchone()[0]:
             # first load: nothing to replace
             con.execute(f"INSERT INTO {target} BY NAME {winners}")
-            return con.execute(f"SELECT count(*) FROM stg_{name} WHERE _reject_reason IS NULL").fetchone()[0]
+            return good
         con.execute(f"CREATE OR REPLACE TEMP TABLE _win AS {winners}")
         on = " AND ".join(f"t.{c} = w.{c}" for c in entity.key)
         # this run is a later drop than anything loaded: on equal updated_at, it wins
@@ -373,12 +374,8 @@ def _merge(con, entity: Entity, ingest_id: int) -> int:
         con.execute(f"DELETE FROM {target} t USING _win w WHERE {on}{newer}")
         con.execute(f"INSERT INTO {target} BY NAME SELECT w.* FROM _win w "
                     f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {on})")
-    good = con.execute(f"SELECT count(*) FROM stg_{name} WHERE _reject_reason IS NULL").fetchone()[0]
     con.execute("DROP TABLE _win")
     return good
-
-
-ENTITY_VALUE_COLUMNS = {"suppressions": ("customer_id", "phone", "email", "channel", "created_at", "reason")}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -63,6 +63,11 @@ def _settings():
         fail(str(e))
 
 
+def _require_db() -> None:
+    if not STATE.db.exists():
+        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+
+
 def _run_flow(label: str, target: str, /, **params):
     """Run the flow `module:function` in this process with a progress bar; known failures become one line.
     Prefect reads its settings when imported, so the flow is imported only after `prepare`."""
@@ -164,8 +169,7 @@ def plan(as_of: Optional[str] = typer.Option(None, "--as-of", help="T, ISO 8601 
     """Write the marts for T: reminder decisions, visit tasks, customer segments (CONTRACT §2-5)."""
     _check_time(as_of, "--as-of")
     _settings()
-    if not STATE.db.exists():
-        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+    _require_db()
     summary = _run_flow("plan", "flows.plan:plan_flow", as_of=as_of, db=str(STATE.db), config=str(STATE.config))
     _print_plan(summary)
 
@@ -187,8 +191,7 @@ def backfill(
     except PlanError as e:
         fail(str(e))
     _settings()
-    if not STATE.db.exists():
-        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+    _require_db()
     summary = _run_flow("backfill", "flows.plan:backfill_flow", start=start, end=end, every=every,
                         db=str(STATE.db), config=str(STATE.config), force=force)
     console.print(f"backfill planned {summary['planned']} times, skipped {summary['skipped']} already planned")
@@ -207,8 +210,7 @@ def dispatch(
     calls queued for the agents. Each message goes out once, whatever is re-run."""
     _check_time(as_of, "--as-of")
     _settings()
-    if not STATE.db.exists():
-        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+    _require_db()
     s = _run_flow("dispatch", "flows.dispatch:dispatch_flow", as_of=as_of, db=str(STATE.db),
                   config=str(STATE.config), dry_run=dry_run)
     _print_dispatch(s, show)
@@ -321,8 +323,7 @@ def visits_import(file: Path = typer.Argument(..., help="CSV: order_id, reached,
     if not file.is_file():
         fail(f"{file}: file not found")
     _settings()
-    if not STATE.db.exists():
-        fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
+    _require_db()
     s = _run_flow("visits import", "flows.visits:visits_import_flow", path=str(file), db=str(STATE.db),
                   config=str(STATE.config))
     console.print(f"{s['saved']:,} outcomes saved, {len(s['errors']):,} refused")

@@ -333,6 +333,22 @@ def visits_import(file: Path = typer.Argument(..., help="CSV: order_id, reached,
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port"),
+) -> None:
+    """The agents' page: today's follow-up calls per shop, the script, and the outcome form."""
+    _require_db()
+    settings = _settings()
+    import uvicorn
+
+    from crm.web import create_app
+
+    console.print(f"agents' page on http://{host}:{port}/ ({STATE.db}); Ctrl-C stops it", highlight=False)
+    uvicorn.run(create_app(STATE.db, settings), host=host, port=port, log_level="warning")
+
+
 @server_app.command("start")
 def server_start(port: int = typer.Option(4200, "--port")) -> None:
     """Start a local Prefect server in the background (UI at http://127.0.0.1:PORT)."""

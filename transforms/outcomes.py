@@ -118,6 +118,10 @@ def record(con: duckdb.DuckDBPyConnection, settings, outcome: dict, now: datetim
     if task is None:
         return f"order {outcome['order_id']!r} has no follow-up visit planned"
     shop_id = task[0]
+    done = con.execute("SELECT recorded_at FROM ops.visit_outcomes WHERE order_id = ? AND reached "
+                       "ORDER BY recorded_at LIMIT 1", [outcome["order_id"]]).fetchone()
+    if done is not None:
+        return f"order {outcome['order_id']!r} was already recorded as reached at {done[0]:%Y-%m-%d %H:%M %Z}"
     when = outcome["recorded_at"] or now
     if outcome["gift"]:
         refusal = gift_refusal(con, shop_id, when, settings.shop(shop_id).visits.gift_ratio)

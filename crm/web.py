@@ -1,0 +1,261 @@
+"""The agents' page, served by ``crm serve``: pick a shop, work today's follow-up calls in rank order with
+the customer's context and the call script, and record each outcome (CONTRACT §5-§6, issue 6).
+
+Concurrency with the flows: DuckDB lets one process write a file, and while it does no other process can
+open it. The page therefore never keeps the file open. Every request opens a short connection and closes
+it: reads wait up to ``read_wait`` seconds for a running flow, then fall back to the analytics copy the
+flows publish (the page says so); a save waits up to ``write_wait`` seconds for the lock and otherwise
+saves nothing and says so, keeping what the agent typed. A flow that meets the page's connection retries
+for a moment (crm.db.connect), so the page never blocks a flow for longer than one request's query.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
+
+from crm.config import Settings
+from crm.db import DatabaseLocked, analytics_path, asset_dir, connect, shop_macros, sql_text
+from transforms.outcomes import CATEGORIES, check, record
+
+COMPENSATIONS = ("none", "coupon", "free_shipping", "partial_refund", "resend")
+TIERS = ("high_value", "bad_review", "neutral_review", "complaint_in_praise", "other")
+
+
+class Busy(Exception):
+    """The database stayed locked by a flow for longer than the page waits."""
+
+
+class Workspace:
+    """Short DuckDB connections for the page, one at a time in this process."""
+
+    def __init__(self, db: str | Path, settings: Settings, *, read_wait: float = 2.0, write_wait: float = 15.0):
+        self.db, self.settings = Path(db), settings
+        self.read_wait, self.write_wait = read_wait, write_wait
+        self._lock = threading.Lock()
+        self._zones = [(s.shop_id, s.timezone) for s in settings.shops]
+
+    def read(self, query, /, **params) -> tuple[list[dict], datetime | None]:
+        """Rows of a query, and None — or the time of the analytics copy they came from while a flow writes."""
+        with self._lock:
+            stale = None
+            try:
+                con = connect(self.db, read_only=True, wait_seconds=self.read_wait)
+            except DatabaseLocked:
+                copy = analytics_path(self.db)
+                if not copy.exists():
+                    raise Busy("a flow is writing the database and there is no analytics copy yet") from None
+                con = connect(copy, read_only=True)
+                stale = datetime.fromtimestamp(copy.stat().st_mtime, timezone.utc)
+            try:
+                shop_macros(con, self._zones)
+                cursor = con.execute(query, params)
+                columns = [d[0] for d in cursor.description]
+                return [dict(zip(columns, row)) for row in cursor.fetchall()], stale
+            finally:
+                con.close()
+
+    def write(self, action):
+        """Run ``action(con)`` on a short writing connection; Busy if a flow holds the file too long."""
+        with self._lock:
+            try:
+                con = connect(self.db, wait_seconds=self.write_wait)
+            except DatabaseLocked:
+                raise Busy(f"a flow is writing the database (waited {self.write_wait:.0f} s)") from None
+            try:
+                shop_macros(con, self._zones)
+                return action(con)
+            finally:
+                con.close()
+
+
+def _labels() -> dict:
+    return json.loads((asset_dir("templates") / "web" / "labels.json").read_text(encoding="utf-8"))
+
+
+class Page:
+    def __init__(self, workspace: Workspace):
+        self.ws = workspace
+        self.env = Environment(loader=FileSystemLoader(asset_dir("templates") / "web"),
+                               autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+        self.labels = _labels()
+
+    @cached_property
+    def call_list_sql(self) -> str:
+        return sql_text("workspace/call_list.sql")
+
+    # ---------------------------------------------------------------------------------------------
+    def shop_or_404(self, shop_id: str):
+        for shop in self.ws.settings.shops:
+            if shop.shop_id == shop_id:
+                return shop
+        return None
+
+    def t(self, shop) -> dict:
+        return self.labels.get(shop.locale if shop else "en", self.labels["en"])
+
+    def html(self, name: str, status: int = 200, **context) -> HTMLResponse:
+        return HTMLResponse(self.env.get_template(name).render(**context), status_code=status)
+
+    def local(self, shop, ts: datetime | None) -> str:
+        if ts is None:
+            return ""
+        return ts.astimezone(ZoneInfo(shop.timezone)).strftime("%Y-%m-%d %H:%M")
+
+    def why(self, shop, call: dict, t: dict) -> str:
+        tier = call.get("tier")
+        if tier is None:
+            return ""
+        money = f"{call['currency'] or ''} {call['total_amount']:,.2f}".strip() if call.get("total_amount") is not None else "?"
+        threshold = f"{call['currency'] or ''} {call['high_value_amount']:,.2f}".strip() if call.get("high_value_amount") is not None else "?"
+        words = "、".join(call.get("complaint_words") or []) if shop.locale == "zh-CN" else ", ".join(
+            f"“{w}”" for w in call.get("complaint_words") or [])
+        return t[f"why_{tier}"].format(amount=money, threshold=threshold, rating=call.get("rating"), words=words)
+
+    def calls(self, shop, order_id: str | None = None):
+        rows, stale = self.ws.read(self.call_list_sql, shop_id=shop.shop_id, order_id=order_id,
+                                   now=datetime.now(timezone.utc))
+        return rows, stale
+
+    # ---------------------------------------------------------------------------------------------
+    def index(self, request: Request) -> Response:
+        counts, stale = {}, None
+        try:
+            rows, stale = self.ws.read(
+                "SELECT shop_id, count(*) AS n FROM ops.messages WHERE purpose = 'followup' AND channel = 'call' "
+                "AND status = 'queued' GROUP BY shop_id")
+            counts = {r["shop_id"]: r["n"] for r in rows}
+        except Busy as e:
+            return PlainTextResponse(str(e), status_code=503)
+        shops = [{"shop": s, "queued": counts.get(s.shop_id, 0)} for s in self.ws.settings.shops]
+        return self.html("index.html.j2", shops=shops, t=self.labels["en"], stale=stale, local=lambda ts: ts.strftime("%Y-%m-%d %H:%M UTC"))
+
+    def shop(self, request: Request) -> Response:
+        shop = self.shop_or_404(request.path_params["shop_id"])
+        if shop is None:
+            return PlainTextResponse("no such shop", status_code=404)
+        t = self.t(shop)
+        try:
+            rows, stale = self.calls(shop)
+        except Busy as e:
+            return PlainTextResponse(str(e), status_code=503)
+        now = datetime.now(timezone.utc)
+        to_call = [r for r in rows if r["status"] == "queued" and not (r["callback_at"] and r["callback_at"] > now)]
+        later = sorted((r for r in rows if r["status"] == "queued" and r["callback_at"] and r["callback_at"] > now),
+                       key=lambda r: r["callback_at"])
+        done = [r for r in rows if r["status"] == "done"]
+        saved = request.query_params.get("saved")
+        return self.html("shop.html.j2", shop=shop, t=t, to_call=to_call, later=later, done=done, stale=stale,
+                         saved=saved, saved_done=request.query_params.get("done") == "1",
+                         local=lambda ts: self.local(shop, ts))
+
+    def task(self, request: Request) -> Response:
+        shop = self.shop_or_404(request.path_params["shop_id"])
+        if shop is None:
+            return PlainTextResponse("no such shop", status_code=404)
+        return self.task_page(shop, request.path_params["order_id"], request)
+
+    def task_page(self, shop, order_id: str, request: Request, *, error: str | None = None,
+                  values: dict | None = None, status: int = 200) -> Response:
+        t = self.t(shop)
+        try:
+            rows, stale = self.calls(shop, order_id)
+        except Busy as e:
+            return PlainTextResponse(str(e), status_code=503)
+        if not rows:
+            return PlainTextResponse(f"no follow-up call for order {order_id} in shop {shop.shop_id}", status_code=404)
+        call = rows[0]
+        values = values or {"reached": "", **{c: "n/a" for c in CATEGORIES}, "compensation": "none",
+                            "agent": request.cookies.get("crm_agent", "")}
+        return self.html("task.html.j2", status=status, shop=shop, t=t, call=call, why=self.why(shop, call, t),
+                         stale=stale, error=error, values=values, categories=CATEGORIES, compensations=COMPENSATIONS,
+                         local=lambda ts: self.local(shop, ts))
+
+    async def save(self, request: Request) -> Response:
+        shop = self.shop_or_404(request.path_params["shop_id"])
+        if shop is None:
+            return PlainTextResponse("no such shop", status_code=404)
+        order_id = request.path_params["order_id"]
+        form = await request.form()
+        values = {k: str(form.get(k, "")).strip() for k in
+                  ("reached", *CATEGORIES, "suggestion", "compensation", "callback_at", "agent")}
+        values["gift"] = "true" if form.get("gift") else "false"
+        # the database work runs in a thread: the page keeps answering while a save waits for the lock
+        return await run_in_threadpool(self.save_form, shop, order_id, values, request)
+
+    def save_form(self, shop, order_id: str, values: dict, request: Request) -> Response:
+        t = self.t(shop)
+        problem, outcome = self.form_outcome(shop, order_id, values, t)
+        if problem is None:
+            try:
+                problem = self.ws.write(lambda con: self._record(con, shop, outcome))
+            except Busy as e:
+                problem = str(e)
+                return self.with_cookie(self.task_page(shop, order_id, request, error=f"{problem}. {t['nothing_saved']}",
+                                                       values=values, status=503), values)
+        if problem:
+            return self.with_cookie(self.task_page(shop, order_id, request, error=f"{problem}. {t['nothing_saved']}",
+                                                   values=values, status=422), values)
+        done = "1" if outcome["reached"] else "0"
+        response = RedirectResponse(f"/shops/{shop.shop_id}?saved={order_id}&done={done}", status_code=303)
+        return self.with_cookie(response, values)
+
+    @staticmethod
+    def with_cookie(response: Response, values: dict) -> Response:
+        if values.get("agent"):
+            response.set_cookie("crm_agent", values["agent"], max_age=30 * 86400, samesite="lax")
+        return response
+
+    def form_outcome(self, shop, order_id: str, values: dict, t: dict) -> tuple[str | None, dict | None]:
+        """The form as an outcome row for transforms.outcomes.check: the call-back time is the shop's local
+        time; a customer not reached needs one, in the future."""
+        row = {**values, "order_id": order_id, "recorded_at": None}
+        if values["reached"] == "false":
+            if not values["callback_at"]:
+                return "not reached: pick a call-back time", None
+            try:
+                local_time = datetime.fromisoformat(values["callback_at"])
+            except ValueError:
+                return f"call-back time must look like 2026-11-24T15:30, got {values['callback_at']!r}", None
+            if local_time.tzinfo is None:
+                local_time = local_time.replace(tzinfo=ZoneInfo(shop.timezone))
+            if local_time <= datetime.now(timezone.utc):
+                return "the call-back time must be in the future", None
+            row["callback_at"] = local_time.isoformat()
+            for category in CATEGORIES:
+                row[category] = "n/a"
+        else:
+            row["callback_at"] = ""
+        if values["reached"] not in ("true", "false"):
+            return "say whether the customer was reached", None
+        outcome, problem = check(row)
+        return problem, outcome
+
+    def _record(self, con, shop, outcome: dict) -> str | None:
+        belongs = con.execute("SELECT 1 FROM ops.messages WHERE message_id = ? AND shop_id = ? AND channel = 'call'",
+                              [f"followup:{outcome['order_id']}", shop.shop_id]).fetchone()
+        if belongs is None:
+            return f"order {outcome['order_id']} has no follow-up call in shop {shop.shop_id}"
+        return record(con, self.ws.settings, outcome, datetime.now(timezone.utc))
+
+
+def create_app(db: str | Path, settings: Settings, **waits) -> Starlette:
+    page = Page(Workspace(db, settings, **waits))
+    return Starlette(routes=[
+        Route("/", page.index),
+        Route("/healthz", lambda request: PlainTextResponse("ok")),
+        Route("/shops/{shop_id}", page.shop),
+        Route("/shops/{shop_id}/calls/{order_id}", page.task, methods=["GET"]),
+        Route("/shops/{shop_id}/calls/{order_id}", page.save, methods=["POST"]),
+    ])

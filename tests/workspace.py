@@ -1,0 +1,119 @@
+"""A real DuckDB file with follow-up calls queued for agents, for the page tests: one Shanghai shop, six
+orders delivered seven days before T (due today), capacity 4 calls; the rest go to nobody (auto_channel
+'none'), so no gateway is needed. Made by the real pipeline: staged rows, then a dispatch at T."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+
+from crm.config import load_settings
+from crm.db import connect, session
+from planning import local, stage
+from transforms.dispatch import dispatch
+from transforms.validate import validate_outbox
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+# Tuesday 2026-11-24 11:30 in Shanghai, inside the 11:00-12:00 visit window
+T = local("2026-11-24 11:30")
+DELIVERED = local("2026-11-17 15:00")
+
+CONFIG = """
+[[shops]]
+shop_id = "s1"
+name = "萌宠小铺"
+timezone = "Asia/Shanghai"
+[shops.visits]
+manual_capacity = {capacity}
+gift_ratio = 0.25
+auto_channel = "none"
+high_value_amount = 500
+"""
+
+# order, customer, amount, rating, review: the ranking is o-high (high value), o-bad (rating 1),
+# o-mid (rating 3), o-praise (5 but "slow"), then o-a / o-b drawn at random
+ORDERS = [
+    ("o-high", "c1", "899.00", None, None),
+    ("o-bad", "c2", "59.00", 1, "质量太差了"),
+    ("o-mid", "c3", "120.00", 3, "还行"),
+    ("o-praise", "c4", "88.00", 5, "很好看,就是物流有点慢"),
+    ("o-a", "c5", "45.00", None, None),
+    ("o-b", "c6", "46.00", None, None),
+]
+
+
+def make(folder: Path, *, capacity: int = 4) -> tuple[Path, Path]:
+    """(db, config) with `capacity` follow-up calls queued at T."""
+    config = folder / "shops.toml"
+    config.write_text(CONFIG.format(capacity=capacity), encoding="utf-8")
+    db = folder / "crm.duckdb"
+    settings = load_settings(config)
+    with session(db, settings) as con:
+        stage(con, "products", {"product_id": "p1", "title": "猫爬架"}, {"product_id": "p2", "title": "逗猫棒"})
+        for i, (order_id, customer_id, amount, rating, text) in enumerate(ORDERS):
+            stage(con, "customers", {"customer_id": customer_id, "name": f"客户{i + 1}", "phone": f"1380000000{i}",
+                                     "city": "杭州"})
+            stage(con, "orders", {"order_id": order_id, "customer_id": customer_id, "total_amount": Decimal(amount),
+                                  "created_at": DELIVERED.replace(day=12), "paid_at": DELIVERED.replace(day=12),
+                                  "shipped_at": DELIVERED.replace(day=14), "delivered_at": DELIVERED,
+                                  "receiver_city": "杭州"})
+            stage(con, "order_items", {"order_id": order_id, "product_id": "p1", "unit_price": Decimal(amount)},
+                  {"order_id": order_id, "line_no": 2, "product_id": "p2", "quantity": 2, "unit_price": Decimal("0")})
+            if rating:
+                stage(con, "reviews", {"order_id": order_id, "created_at": DELIVERED.replace(hour=20),
+                                       "rating": rating, "text": text})
+        dispatch(con, settings, T, validate=validate_outbox)
+    return db, config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """`crm serve` as a user starts it, in its own process."""
+
+    def __init__(self, db: Path, config: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "CRM_DB": str(db), "CRM_CONFIG": str(config)}
+        self.proc = subprocess.Popen([str(BIN / "crm"), "serve", "--port", str(self.port)], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"crm serve did not start: {self.proc.stdout.read() if self.proc.stdout else ''}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def statuses(db: Path) -> dict[str, str]:
+    con = connect(db, read_only=True)
+    try:
+        return dict(con.execute("SELECT order_id, status FROM ops.messages WHERE channel = 'call'").fetchall())
+    finally:
+        con.close()

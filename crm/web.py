@@ -16,6 +16,7 @@ import threading
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -177,7 +178,7 @@ class Page:
             return PlainTextResponse(f"no follow-up call for order {order_id} in shop {shop.shop_id}", status_code=404)
         call = rows[0]
         values = values or {"reached": "", **{c: "n/a" for c in CATEGORIES}, "compensation": "none",
-                            "agent": request.cookies.get("crm_agent", "")}
+                            "agent": unquote(request.cookies.get("crm_agent", ""))}
         return self.html("task.html.j2", status=status, shop=shop, t=t, call=call, why=self.why(shop, call, t),
                          stale=stale, error=error, values=values, categories=CATEGORIES, compensations=COMPENSATIONS,
                          local=lambda ts: self.local(shop, ts))
@@ -214,7 +215,8 @@ class Page:
     @staticmethod
     def with_cookie(response: Response, values: dict) -> Response:
         if values.get("agent"):
-            response.set_cookie("crm_agent", values["agent"], max_age=30 * 86400, samesite="lax")
+            # a name like 小李 is not latin-1: the cookie carries it percent-encoded
+            response.set_cookie("crm_agent", quote(values["agent"][:80]), max_age=30 * 86400, samesite="lax")
         return response
 
     def form_outcome(self, shop, order_id: str, values: dict, t: dict) -> tuple[str | None, dict | None]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from crm.config import load_settings
-from crm.db import connect, session
+from crm.db import connect, publish_snapshot, session
 from planning import local, stage
 from transforms.dispatch import dispatch
 from transforms.validate import validate_outbox
@@ -51,11 +51,11 @@ ORDERS = [
 ]
 
 
-def make(folder: Path, *, capacity: int = 4) -> tuple[Path, Path]:
-    """(db, config) with `capacity` follow-up calls queued at T."""
+def make(folder: Path, *, capacity: int = 4, db: Path | None = None) -> tuple[Path, Path]:
+    """(db, config) with `capacity` follow-up calls queued at T, and the analytics copy published."""
     config = folder / "shops.toml"
     config.write_text(CONFIG.format(capacity=capacity), encoding="utf-8")
-    db = folder / "crm.duckdb"
+    db = db or folder / "crm.duckdb"
     settings = load_settings(config)
     with session(db, settings) as con:
         stage(con, "products", {"product_id": "p1", "title": "猫爬架"}, {"product_id": "p2", "title": "逗猫棒"})
@@ -72,6 +72,7 @@ def make(folder: Path, *, capacity: int = 4) -> tuple[Path, Path]:
                 stage(con, "reviews", {"order_id": order_id, "created_at": DELIVERED.replace(hour=20),
                                        "rating": rating, "text": text})
         dispatch(con, settings, T, validate=validate_outbox)
+        publish_snapshot(con, db)
     return db, config
 
 

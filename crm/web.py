@@ -49,6 +49,11 @@ class Workspace:
 
     def read(self, query, /, **params) -> tuple[list[dict], datetime | None]:
         """Rows of a query, and None — or the time of the analytics copy they came from while a flow writes."""
+        (rows,), stale = self.read_many((query, params))
+        return rows, stale
+
+    def read_many(self, *queries: tuple[str, dict]) -> tuple[list[list[dict]], datetime | None]:
+        """Several queries on one short connection (so a page waits for a running flow at most once)."""
         with self._lock:
             stale = None
             try:
@@ -61,9 +66,12 @@ class Workspace:
                 stale = datetime.fromtimestamp(copy.stat().st_mtime, timezone.utc)
             try:
                 shop_macros(con, self._zones)
-                cursor = con.execute(query, params)
-                columns = [d[0] for d in cursor.description]
-                return [dict(zip(columns, row)) for row in cursor.fetchall()], stale
+                results = []
+                for query, params in queries:
+                    cursor = con.execute(query, params)
+                    columns = [d[0] for d in cursor.description]
+                    results.append([dict(zip(columns, row)) for row in cursor.fetchall()])
+                return results, stale
             finally:
                 con.close()
 
@@ -124,6 +132,10 @@ class Page:
             f"“{w}”" for w in call.get("complaint_words") or [])
         return t[f"why_{tier}"].format(amount=money, threshold=threshold, rating=call.get("rating"), words=words)
 
+    @cached_property
+    def reminder_calls_sql(self) -> str:
+        return sql_text("workspace/reminder_calls.sql")
+
     def calls(self, shop, order_id: str | None = None):
         rows, stale = self.ws.read(self.call_list_sql, shop_id=shop.shop_id, order_id=order_id,
                                    now=datetime.now(timezone.utc))
@@ -147,17 +159,20 @@ class Page:
         if shop is None:
             return PlainTextResponse("no such shop", status_code=404)
         t = self.t(shop)
+        now = datetime.now(timezone.utc)
         try:
-            rows, stale = self.calls(shop)
+            (rows, reminders), stale = self.ws.read_many(
+                (self.call_list_sql, {"shop_id": shop.shop_id, "order_id": None, "now": now}),
+                (self.reminder_calls_sql, {"shop_id": shop.shop_id, "now": now}))
         except Busy as e:
             return PlainTextResponse(str(e), status_code=503)
-        now = datetime.now(timezone.utc)
         to_call = [r for r in rows if r["status"] == "queued" and not (r["callback_at"] and r["callback_at"] > now)]
         later = sorted((r for r in rows if r["status"] == "queued" and r["callback_at"] and r["callback_at"] > now),
                        key=lambda r: r["callback_at"])
         done = [r for r in rows if r["status"] == "done"]
         saved = request.query_params.get("saved")
         return self.html("shop.html.j2", shop=shop, t=t, to_call=to_call, later=later, done=done, stale=stale,
+                         reminders=reminders, called=request.query_params.get("called"),
                          saved=saved, saved_done=request.query_params.get("done") == "1",
                          local=lambda ts: self.local(shop, ts))
 
@@ -212,6 +227,28 @@ class Page:
         response = RedirectResponse(f"/shops/{shop.shop_id}?saved={order_id}&done={done}", status_code=303)
         return self.with_cookie(response, values)
 
+    def reminder_called(self, request: Request) -> Response:
+        """A payment-reminder call made: the message is `done` (sent_at = when the agent said so)."""
+        shop = self.shop_or_404(request.path_params["shop_id"])
+        if shop is None:
+            return PlainTextResponse("no such shop", status_code=404)
+        order_id = request.path_params["order_id"]
+        message_id = f"payment_reminder:{order_id}"
+
+        def mark(con):
+            return con.execute(
+                "UPDATE ops.messages SET status = 'done', sent_at = ?, attempts = attempts + 1 "
+                "WHERE message_id = ? AND shop_id = ? AND channel = 'call' AND status = 'queued' RETURNING message_id",
+                [datetime.now(timezone.utc), message_id, shop.shop_id]).fetchall()
+        try:
+            changed = self.ws.write(mark)
+        except Busy as e:
+            return PlainTextResponse(f"{e}. {self.t(shop)['nothing_saved']}", status_code=503)
+        if not changed:
+            return PlainTextResponse(f"no queued payment-reminder call for order {order_id} in shop {shop.shop_id}",
+                                     status_code=404)
+        return RedirectResponse(f"/shops/{shop.shop_id}?called={order_id}#reminders", status_code=303)
+
     @staticmethod
     def with_cookie(response: Response, values: dict) -> Response:
         if values.get("agent"):
@@ -260,4 +297,5 @@ def create_app(db: str | Path, settings: Settings, **waits) -> Starlette:
         Route("/shops/{shop_id}", page.shop),
         Route("/shops/{shop_id}/calls/{order_id}", page.task, methods=["GET"]),
         Route("/shops/{shop_id}/calls/{order_id}", page.save, methods=["POST"]),
+        Route("/shops/{shop_id}/reminders/{order_id}", page.reminder_called, methods=["POST"]),
     ])

@@ -32,6 +32,8 @@ CONFIG = """
 shop_id = "s1"
 name = "萌宠小铺"
 timezone = "Asia/Shanghai"
+[shops.reminders]
+channels = {{ new = "call" }}
 [shops.visits]
 manual_capacity = {capacity}
 gift_ratio = 0.25
@@ -71,6 +73,11 @@ def make(folder: Path, *, capacity: int = 4, db: Path | None = None) -> tuple[Pa
             if rating:
                 stage(con, "reviews", {"order_id": order_id, "created_at": DELIVERED.replace(hour=20),
                                        "rating": rating, "text": text})
+        # and one order placed before T, unpaid, by a new customer: a payment-reminder call
+        stage(con, "customers", {"customer_id": "c9", "name": "新客户", "phone": "13900000009"})
+        stage(con, "orders", {"order_id": "u1", "customer_id": "c9", "total_amount": Decimal("66.00"),
+                              "created_at": local("2026-11-24 09:40")})
+        stage(con, "order_items", {"order_id": "u1", "product_id": "p2", "unit_price": Decimal("66.00")})
         dispatch(con, settings, T, validate=validate_outbox)
         publish_snapshot(con, db)
     return db, config

@@ -5,6 +5,8 @@ header ``Idempotency-Key: <message_id>``, so a message sent again after a crash 
 2xx: sent. 429, 5xx, a timeout or a refused connection: retried with exponential backoff and full
 jitter (``Retry-After`` honoured), up to ``max_attempts``. Any other 4xx: failed for good, with the
 gateway's answer kept. Email goes over SMTP; SMTP 4xx and connection errors are retried, 5xx fail.
+An email body is plain text whose first line is the subject, or a whole HTML page (the feedback report),
+sent as multipart/alternative with a plain-text part and the page's <title> as the subject.
 Nothing here logs a full phone number or email address.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import smtplib
 import ssl
 import time
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
+from html.parser import HTMLParser
 
 import httpx
 
@@ -113,12 +117,19 @@ class SmtpSender:
             self._smtp = None
 
     def send(self, msg: dict, *, max_attempts: int, base_delay: float) -> Outcome:
-        subject, _, body = msg["body"].partition("\n")
+        html = is_html(msg["body"])
+        if html:
+            # an HTML page (the feedback report): its <title> is the subject, a text part the fallback
+            subject, body = html_title(msg["body"]), html_to_text(msg["body"])
+        else:
+            subject, _, body = msg["body"].partition("\n")      # a plain message: its first line is the subject
         mail = EmailMessage()
         mail["From"], mail["To"], mail["Subject"] = self.sender, msg["recipient"], subject.strip()
         mail["Message-ID"] = email.utils.make_msgid(idstring=msg["message_id"].replace(":", "."))
         mail["X-CRM-Message-Id"] = msg["message_id"]
         mail.set_content(body.strip() + "\n")
+        if html:
+            mail.add_alternative(msg["body"], subtype="html")      # multipart/alternative: text, then HTML
         error = None
         for attempt in range(1, max_attempts + 1):
             try:
@@ -137,3 +148,67 @@ class SmtpSender:
             if attempt < max_attempts:
                 time.sleep(backoff(attempt, base_delay))
         return Outcome(msg["message_id"], "failed", max_attempts, f"gave up after {max_attempts} attempts: {error}")
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML bodies: a whole page (``<!DOCTYPE html>``) goes as multipart/alternative
+
+
+def is_html(body: str) -> bool:
+    return body.lstrip()[:15].lower() == "<!doctype html>"
+
+
+class _Text(HTMLParser):
+    """The readable text of a page: no <style>, <script> or <svg> (the chart's labels), a line per block."""
+
+    SKIP = {"style", "script", "svg", "head"}
+    BLOCK = {"p", "div", "h1", "h2", "h3", "tr", "li", "br", "table", "footer", "section"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+        self.title: list[str] = []
+        self.in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "title":
+            self.in_title = True
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in ("h1", "h2", "h3"):
+            self.parts.append("\n\x00\n")       # a blank line before a heading
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+        elif tag in ("td", "th"):
+            self.parts.append("  ")
+
+    def handle_endtag(self, tag):
+        if tag == "title":
+            self.in_title = False
+        if tag in self.SKIP:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if self.in_title:
+            self.title.append(data)
+        if not self.skipping:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def _parse(html: str) -> _Text:
+    parser = _Text()
+    parser.feed(html)
+    parser.close()
+    return parser
+
+
+def html_title(html: str) -> str:
+    return " ".join("".join(_parse(html).title).split())
+
+
+def html_to_text(html: str) -> str:
+    lines = (line.strip() for line in "".join(_parse(html).parts).splitlines())
+    return "\n".join(line for line in lines if line).replace("\x00", "").strip()

@@ -88,6 +88,7 @@ def _run_flow(label: str, target: str, /, **params):
     from crm.render import RenderError
     from transforms.outcomes import OutcomeError
     from transforms.plan import PlanError
+    from transforms.report import ReportError
     from transforms.validate import ValidationFailed
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -100,7 +101,7 @@ def _run_flow(label: str, target: str, /, **params):
         try:
             with progress.reporting(report):
                 return fn(**params)
-        except (ConfigError, IngestError, PlanError, RenderError, OutcomeError) as e:
+        except (ConfigError, IngestError, PlanError, RenderError, OutcomeError, ReportError) as e:
             fail(str(e))
         except DatabaseLocked as e:
             fail(str(e), 1)
@@ -256,6 +257,49 @@ def demo(
     _print_plan(result["plan"])
     _print_dispatch(result["dispatch"], 3)
     console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
+
+
+@app.command()
+def report(
+    shop: Optional[str] = typer.Option(None, "--shop", help="The shop's id; default: every configured shop."),
+    period: str = typer.Option("week", "--period", help="day or week (ISO week, Monday to Sunday)."),
+    date: Optional[str] = typer.Option(None, "--date", help="Any local date in the period (YYYY-MM-DD); "
+                                                           "default: the last complete day or week."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="T, ISO 8601 with an offset or Z; default now."),
+    out: Optional[Path] = typer.Option(None, "--out", help="A file (.html, one shop) or a folder; "
+                                                          "default: reports/ beside the database."),
+    send: bool = typer.Option(False, "--send", help="Also e-mail it to the shop's team_email (once per period)."),
+) -> None:
+    """The feedback report (CONTRACT §8) as one HTML file: visits, issue rates with a chart, the
+    suggestions, gifts and compensations, the payment reminders' effect."""
+    from transforms.report import ReportError, check_request
+
+    _check_time(as_of, "--as-of")
+    settings = _settings()
+    try:
+        check_request(settings, shop=shop, period=period, day=date, as_of=as_of, send=send,
+                      out=str(out) if out else None, source=str(STATE.config))
+    except ReportError as e:
+        fail(str(e))
+    _require_db()
+    s = _run_flow("report", "flows.report:report_flow", shop=shop, period=period, date=date, as_of=as_of,
+                  out=str(out) if out else None, send=send, db=str(STATE.db), config=str(STATE.config))
+    failed = False
+    for r in s["reports"]:
+        console.print(f"{r['shop_id']} {r['period']} {r['start']}" + (f" to {r['end']}" if r["end"] != r["start"] else "")
+                      + f": {r['visits_planned']:,} visits planned, {r['reached']:,} reached; written to {r['path']}",
+                      highlight=False)
+        if r["sent"] == "sent":
+            console.print(f"  sent to {r['recipient']} ({r['message_id']})", highlight=False)
+        elif r["sent"] == "already_sent":
+            console.print(f"  already sent to {r['recipient']} at {r['sent_at']}: not sent again", highlight=False)
+        elif r["sent"] == "no_team_email":
+            console.print("  [yellow]not sent: the shop has no team_email[/]", highlight=False)
+        elif r["sent"] == "failed":
+            failed = True
+            console.print(f"  [red]sending to {r['recipient']} failed:[/] {r['error']}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

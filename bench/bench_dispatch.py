@@ -4,8 +4,10 @@
 
 The gateway (tests/gateway.py: uvicorn + Starlette, honouring Idempotency-Key) runs in its own process
 on 127.0.0.1. The measured part is what a dispatch does after rendering: write the messages to
-ops.messages as queued in one transaction, POST each one (Idempotency-Key, retries armed), and record
-sent/attempts/sent_at back in batches. Results: bench/results/dispatch-<messages>.json.
+ops.messages as queued in one transaction, close that connection, POST each one (Idempotency-Key,
+retries armed), and record sent/attempts/sent_at back in batches, each through its own short connection,
+as a flow does (transforms.dispatch.dispatch_db). Results: bench/results/dispatch-<messages>.json, with
+how long the file was held open while sending (`held_while_sending_seconds`).
 """
 
 from __future__ import annotations
@@ -62,12 +64,16 @@ def main() -> None:
         "template": ["payment_reminder/new"] * n, "created_at": [now] * n, "segments": [1] * n,
     })
     with tempfile.TemporaryDirectory() as tmp:
-        con = connect(Path(tmp) / "bench.duckdb")
+        db = Path(tmp) / "bench.duckdb"
+        con = connect(db)
         started = time.perf_counter()
         write_outbox(con, frame, now)
+        con.close()
         written = time.perf_counter()
-        sent, failed, _ = send_queued(con, settings)
+        stats: dict = {}
+        sent, failed, _ = send_queued(db, settings, stats=stats)
         done = time.perf_counter()
+        con = connect(db, read_only=True)
         recorded = con.execute("SELECT count(*) FROM ops.messages WHERE status = 'sent'").fetchone()[0]
         con.close()
     gw.stdin.write("stats\n")
@@ -84,7 +90,8 @@ def main() -> None:
     res = {"messages": n, "concurrency": args.concurrency, "outbox_write_seconds": written - started,
            "send_and_record_seconds": done - written, "total_seconds": total, "messages_per_second": n / total,
            "sent": sent, "failed": failed, "recorded_sent": recorded, "gateway_accepted": accepted,
-           "gateway_repeats": repeats,
+           "gateway_repeats": repeats, "record_writes": stats["writes"],
+           "held_while_sending_seconds": stats["held_seconds"],
            # both ends share the machine's 2 cores: the gateway's CPU is not available to the client
            "gateway_cpu_seconds": gateway_cpu.ru_utime + gateway_cpu.ru_stime,
            "client_cpu_seconds": client_cpu.ru_utime + client_cpu.ru_stime}
@@ -93,7 +100,8 @@ def main() -> None:
     out.write_text(json.dumps(res, indent=2))
     print(f"{n:,} messages, concurrency {args.concurrency}: {res['messages_per_second']:,.0f} msg/s "
           f"(outbox write {res['outbox_write_seconds']:.2f} s, send + record {res['send_and_record_seconds']:.2f} s); "
-          f"sent {sent:,}, recorded {recorded:,}, gateway accepted {accepted:,}, repeats {repeats}; "
+          f"sent {sent:,}, recorded {recorded:,} in {stats['writes']} writes holding the file "
+          f"{stats['held_seconds']:.2f} s, gateway accepted {accepted:,}, repeats {repeats}; "
           f"CPU: client {res['client_cpu_seconds']:.1f} s, gateway {res['gateway_cpu_seconds']:.1f} s")
 
 

@@ -13,6 +13,13 @@
 
 A message recorded as sent is never sent again. One sent but not yet recorded when the process dies
 is sent again by the next run with the same Idempotency-Key, which the gateway accepts once.
+
+DuckDB lets one process hold the file for writing, and then no other process can open it at all. So a
+flow's run (:func:`dispatch_db`) holds it only while it writes: steps 1-5 in one session, closed before
+sending; the queued messages listed through a short connection; each batch of outcomes recorded through
+its own short connection (open, one UPDATE, close); the analysts' snapshot in a last short one. Between
+them others (the agents' page, a plan) get in, and a batch that meets them waits. Two dispatches never
+overlap: the flow holds ``<db>.dispatch.lock`` for the whole run.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import asyncio
 import logging
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import httpx
@@ -30,7 +39,7 @@ import polars as pl
 import uvloop
 
 from crm.channels import Outcome, SmtpSender, send_webhook
-from crm.db import sql_text, transaction
+from crm.db import DatabaseLocked, connect, publish_snapshot, session, sql_text, transaction
 from crm.redact import mask_email, mask_phone
 from crm.render import Renderer, sms_segments
 from transforms.plan import build, plan
@@ -57,6 +66,7 @@ class DispatchResult:
     failures: list[str] = field(default_factory=list)
     validation: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    db_seconds: float = 0.0                                    # of those, the database file held open (dispatch_db)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,47 +124,125 @@ def write_outbox(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, as_of: dat
 
 
 class _Recorder:
-    """Collects outcomes and writes them to ops.messages in batches (one UPDATE per batch)."""
+    """Collects outcomes and records them in ops.messages in batches: one UPDATE every `batch` outcomes or
+    `every` seconds, whichever comes first.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, batch: int = 200, every: float = 0.25):
-        self.con, self.batch, self.every, self.pending, self.sent, self.failed = con, batch, every, [], 0, 0
+    `target` is an open connection to write through, or a database path: then each batch opens its own
+    short connection (open, UPDATE in a transaction, close: ~30 ms on a file of 20k messages), and
+    between batches the file is free for other processes. The write is made at once, on the sending
+    thread (a background thread would hold the file ~3x longer, waiting for the GIL); if another process
+    holds the file, the batch goes to a writer thread that waits for it (connect's retry, `wait_seconds`)
+    while sending goes on, and later batches follow it there until it is done. A batch whose wait runs out
+    is kept and written with the next one; the last write waits up to `final_wait_seconds`. An outcome
+    left unrecorded means the next run sends the message again: a webhook message is then accepted once
+    thanks to its Idempotency-Key, an email is not."""
+
+    def __init__(self, target: duckdb.DuckDBPyConnection | str | Path, batch: int = 1000, every: float = 0.5,
+                 wait_seconds: float = 30.0, final_wait_seconds: float = 600.0):
+        self.target, self.batch, self.every = target, batch, every
+        self.wait_seconds, self.final_wait_seconds = wait_seconds, final_wait_seconds
+        self.pending: list[Outcome] = []
+        self.sent = self.failed = 0
         self.failures: list[str] = []
         self.flushed = time.monotonic()
+        self.writes = 0
+        self.held_seconds = 0.0               # the file held open by the writes (path target)
+        # outcomes a write could not record yet; touched by the writer thread while it works, else here
+        self._unwritten: list[Outcome] = []
+        self._error: BaseException | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-recorder")
+        self._waiting: Future | None = None   # the writer thread's last job
 
     def add(self, outcome: Outcome) -> None:
+        if self._error is not None:
+            raise self._error                 # recording is broken: stop sending
         self.pending.append(outcome)
         if outcome.status == "sent":
             self.sent += 1
         else:
             self.failed += 1
             self.failures.append(f"{outcome.message_id}: {outcome.error}")
-        # a crash can lose at most one batch of records; those messages are sent again with the same
-        # Idempotency-Key, and the gateway accepts them once
+        # a crash can lose the outcomes not yet written (one batch, or more while another process holds
+        # the file); those messages are sent again with the same Idempotency-Key, accepted once
         if len(self.pending) >= self.batch or time.monotonic() - self.flushed >= self.every:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
+        batch, self.pending = self.pending, []
+        self.flushed = time.monotonic()
+        if not batch:
             return
-        frame = pl.DataFrame({
-            "message_id": [o.message_id for o in self.pending],
-            "status": [o.status for o in self.pending],
-            "attempts": [o.attempts for o in self.pending],
-            "error": [o.error for o in self.pending],
-            "sent_at": [o.sent_at for o in self.pending],
-        }, schema={"message_id": pl.String, "status": pl.String, "attempts": pl.Int32, "error": pl.String,
-                   "sent_at": pl.Datetime("us", "UTC")})
-        self.con.register("_outcomes", frame.to_arrow())
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting = self._writer.submit(self._write, batch, self.wait_seconds)   # behind the waiting one
+        elif not self._write(batch, 0.0):   # at once, if the file is free
+            if self._error is not None:
+                raise self._error
+            batch, self._unwritten = self._unwritten, []
+            self._waiting = self._writer.submit(self._write, batch, self.wait_seconds)
+
+    def close(self) -> None:
+        """Write everything still pending, waiting for the file as long as `final_wait_seconds`; raise if
+        some outcomes stay unrecorded."""
+        self._writer.shutdown(wait=True)
+        batch, self.pending = self.pending, []
+        if not self._write(batch, self.final_wait_seconds):
+            raise self._error or DatabaseLocked(f"{self.target}: {len(self._unwritten)} outcomes could not be "
+                                                "recorded; their messages stay queued for the next run")
+
+    def _write(self, batch: list[Outcome], wait_seconds: float) -> bool:
+        """Record the outcomes kept from earlier and `batch`; False (and kept) if the file stayed locked."""
+        batch = self._unwritten + batch
+        if not batch:
+            return True
         try:
-            self.con.execute(
+            self._record(batch, wait_seconds)
+        except DatabaseLocked as e:
+            self._unwritten = batch
+            if wait_seconds:
+                log.warning("%d outcomes wait to be recorded: %s", len(batch), e)
+            return False
+        except BaseException as e:
+            self._unwritten, self._error = batch, e
+            log.error("recording %d outcomes failed: %s", len(batch), e)
+            return False
+        self._unwritten = []
+        self.writes += 1
+        return True
+
+    def _record(self, batch: list[Outcome], wait_seconds: float) -> None:
+        frame = pl.DataFrame({
+            "message_id": [o.message_id for o in batch],
+            "status": [o.status for o in batch],
+            "attempts": [o.attempts for o in batch],
+            "error": [o.error for o in batch],
+            "sent_at": [o.sent_at for o in batch],
+        }, schema={"message_id": pl.String, "status": pl.String, "attempts": pl.Int32, "error": pl.String,
+                   "sent_at": pl.Datetime("us", "UTC")}).to_arrow()
+        if isinstance(self.target, duckdb.DuckDBPyConnection):
+            _update(self.target, frame)       # never locked: always written at once, on the caller's thread
+            return
+        started = time.monotonic()
+        con = connect(self.target, wait_seconds=wait_seconds, setup=False)
+        try:
+            _update(con, frame)
+        finally:
+            con.close()
+            self.held_seconds += time.monotonic() - started     # open + write + close (with any wait before)
+
+
+def _update(con: duckdb.DuckDBPyConnection, outcomes) -> None:
+    """Record outcomes (an Arrow table) on the messages still queued: a message already recorded keeps
+    its record, so writing a batch twice changes nothing."""
+    con.register("_outcomes", outcomes)
+    try:
+        with transaction(con):
+            con.execute(
                 "UPDATE ops.messages AS m SET status = o.status, attempts = m.attempts + o.attempts, "
                 "sent_at = o.sent_at, last_error = o.error FROM _outcomes AS o "
                 "WHERE m.message_id = o.message_id AND m.status = 'queued'"
             )
-        finally:
-            self.con.unregister("_outcomes")
-        self.pending = []
-        self.flushed = time.monotonic()
+    finally:
+        con.unregister("_outcomes")
 
 
 def queued_messages(con: duckdb.DuckDBPyConnection) -> list[dict]:
@@ -215,15 +303,31 @@ async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=No
         await asyncio.to_thread(smtp.close)
 
 
-def send_queued(con: duckdb.DuckDBPyConnection, settings, step=None) -> tuple[int, int, list[str]]:
-    """Send every queued automatic message; returns (sent, failed, failure lines)."""
-    messages = queued_messages(con)
-    recorder = _Recorder(con)
+def send_queued(target: duckdb.DuckDBPyConnection | str | Path, settings, step=None,
+                stats: dict | None = None) -> tuple[int, int, list[str]]:
+    """Send every queued automatic message; returns (sent, failed, failure lines). `target` is an open
+    connection (kept for the whole send) or the database's path: then the file is opened only briefly, to
+    list the messages and to record each batch of outcomes. `stats`, if given, receives `writes` (batches
+    recorded) and `held_seconds` (the file held open for them, path target)."""
+    listed = 0.0
+    if isinstance(target, duckdb.DuckDBPyConnection):
+        messages = queued_messages(target)
+    else:
+        opened = time.monotonic()
+        con = connect(target, read_only=True, setup=False)
+        try:
+            messages = queued_messages(con)
+        finally:
+            con.close()
+            listed = time.monotonic() - opened
+    recorder = _Recorder(target)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_send_all(messages, settings, recorder, step))
     finally:
-        recorder.flush()
+        recorder.close()
+    if stats is not None:
+        stats.update(writes=recorder.writes, held_seconds=listed + recorder.held_seconds)
     return recorder.sent, recorder.failed, recorder.failures
 
 
@@ -243,7 +347,9 @@ def prepare(con, as_of: datetime, *, dry_run: bool, validate=None, renderer: Ren
 
 
 def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=None, renderer=None,
-             step=None) -> DispatchResult:
+             step=None, send: bool = True) -> DispatchResult:
+    """Plan, validate, render and write the outbox through `con`; then, with `send`, send the queued
+    messages through it too. A flow uses :func:`dispatch_db`, which sends without holding the file."""
     started = time.perf_counter()
     result = DispatchResult(as_of=as_of, dry_run=dry_run)
     frame, result.validation = prepare(con, as_of, dry_run=dry_run, validate=validate, renderer=renderer)
@@ -260,6 +366,35 @@ def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=
         result.seconds = time.perf_counter() - started
         return result
     write_outbox(con, frame, as_of)
-    result.sent, result.failed, result.failures = send_queued(con, settings, step)
+    if send:
+        result.sent, result.failed, result.failures = send_queued(con, settings, step)
     result.seconds = time.perf_counter() - started
+    return result
+
+
+def dispatch_db(db: str | Path, settings, as_of: datetime, *, dry_run: bool = False, validate=None, renderer=None,
+                step=None) -> DispatchResult:
+    """A flow's dispatch on the database file `db`, holding the file only while it writes: plan, outbox,
+    validate, render and write the outbox in one session (closed before sending), then send through short
+    connections, then publish the analysts' snapshot in a last short one. The caller keeps other
+    dispatches out (flows.dispatch holds ``<db>.dispatch.lock``)."""
+    started = time.perf_counter()
+    with session(db, settings) as con:
+        result = dispatch(con, settings, as_of, dry_run=dry_run, validate=validate, renderer=renderer, step=step,
+                          send=False)
+    held = time.perf_counter() - started
+    if not dry_run:
+        stats: dict = {}
+        result.sent, result.failed, result.failures = send_queued(Path(db), settings, step, stats)
+        held += stats["held_seconds"]
+        opened = time.perf_counter()
+        con = connect(db, setup=False)
+        try:
+            publish_snapshot(con, db)
+        finally:
+            con.close()
+            held += time.perf_counter() - opened
+    result.seconds = time.perf_counter() - started
+    result.db_seconds = held
+    log.debug("dispatch at %s held the database %.2f s of %.2f s", as_of.isoformat(), held, result.seconds)
     return result

@@ -206,14 +206,20 @@ def dispatch(
     as_of: Optional[str] = typer.Option(None, "--as-of", help="T, ISO 8601 with an offset or Z; default now."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render and show what would go out; write nothing."),
     show: int = typer.Option(5, "--show", help="With --dry-run: how many messages to print."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Only this channel (sms, chat, email, call; "
+                                             "repeatable), e.g. --only call to queue the agents' calls; the "
+                                             "others are left for a later run."),
 ) -> None:
     """Plan at T, validate, then render and send what is due: SMS/chat by webhook, email by SMTP,
     calls queued for the agents. Each message goes out once, whatever is re-run."""
     _check_time(as_of, "--as-of")
+    for channel in only or []:
+        if channel not in ("sms", "chat", "email", "call"):
+            fail(f"--only {channel!r}: the channels are sms, chat, email and call")
     _settings()
     _require_db()
     s = _run_flow("dispatch", "flows.dispatch:dispatch_flow", as_of=as_of, db=str(STATE.db),
-                  config=str(STATE.config), dry_run=dry_run)
+                  config=str(STATE.config), dry_run=dry_run, channels=list(only) if only else None)
     _print_dispatch(s, show)
 
 
@@ -257,6 +263,8 @@ def demo(
     _print_plan(result["plan"])
     _print_dispatch(result["dispatch"], 3)
     console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
+    console.print(f"{result['calls']['calls_queued']} calls queued for the agents (nothing else sent): "
+                  f"crm --db {STATE.db} --config {STATE.config} serve, then open http://127.0.0.1:8000/", highlight=False)
 
 
 @app.command()

@@ -1,5 +1,6 @@
 """Demo flow: the whole pipeline on freshly generated demo data, in one process (one Prefect start-up).
-The dispatch is a dry run: the demo has no gateway or SMTP server to send to."""
+The dispatch is a dry run (the demo has no gateway or SMTP server to send to), then a real one for the
+call channel only: it sends nothing, and queues the agents' calls for the page (`crm serve`)."""
 
 from __future__ import annotations
 
@@ -16,4 +17,5 @@ def demo_flow(landing_dir: str, as_of: str, db: str = DEFAULT_DB, config: str = 
     ingested = ingest_flow(landing_dir, db, config)
     planned = plan_flow(as_of, db, config)
     previewed = dispatch_flow(as_of, db, config, dry_run=True)
-    return {"ingest": ingested, "plan": planned, "dispatch": previewed}
+    calls = dispatch_flow(as_of, db, config, channels=["call"])
+    return {"ingest": ingested, "plan": planned, "dispatch": previewed, "calls": calls}

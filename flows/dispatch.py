@@ -15,7 +15,8 @@ from transforms.validate import validate_outbox
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=only_transient)
-def dispatch_at(as_of, db: str, config: str, dry_run: bool, wait_seconds: float = 900) -> dict:
+def dispatch_at(as_of, db: str, config: str, dry_run: bool, wait_seconds: float = 900,
+                channels: list[str] | None = None) -> dict:
     settings = load_settings(config)
     logger = get_run_logger()
     # two dispatches never run at once (whoever starts them: a schedule, a person, a retry)
@@ -23,7 +24,8 @@ def dispatch_at(as_of, db: str, config: str, dry_run: bool, wait_seconds: float 
                    on_wait=lambda: logger.warning("another dispatch is running on %s: waiting for it to finish", db)):
         # the database file is held only while the run writes, not while it sends: others (the agents'
         # page) get in between
-        r = dispatch_db(db, settings, as_of, dry_run=dry_run, validate=validate_outbox, step=progress.step)
+        r = dispatch_db(db, settings, as_of, dry_run=dry_run, validate=validate_outbox, step=progress.step,
+                        channels=channels)
     logger.info("the database was held %.2f s of the run's %.2f s", r.db_seconds, r.seconds)
     for m in r.preview:
         m["recipient"] = mask_email(m["recipient"]) if m["channel"] == "email" else mask_phone(m["recipient"])
@@ -35,10 +37,13 @@ def dispatch_at(as_of, db: str, config: str, dry_run: bool, wait_seconds: float 
 
 @flow(name="dispatch")
 def dispatch_flow(as_of: str | None = None, db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG,
-                  dry_run: bool = False) -> dict:
-    """Plan at T (default now), validate the messages it creates, then send them and any left queued."""
+                  dry_run: bool = False, channels: list[str] | None = None) -> dict:
+    """Plan at T (default now), validate the messages it creates, then send them and any left queued.
+    `channels` (e.g. ["call"]) limits the run to those channels; the others wait for a later run."""
     logger = get_run_logger()
-    summary = dispatch_at(parse_as_of(as_of), db, config, dry_run)
+    summary = dispatch_at(parse_as_of(as_of), db, config, dry_run, channels=channels)
+    if channels:
+        logger.info("only channels %s this time: the others' messages are left for a later run", ", ".join(channels))
     logger.info("dispatch at %s%s: new %s; sent %d, failed %d; %d calls queued for agents; %d SMS over one segment",
                 summary["as_of"], " (dry run)" if dry_run else "", summary["created"], summary["sent"],
                 summary["failed"], summary["calls_queued"], summary["long_sms"])

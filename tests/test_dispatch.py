@@ -186,3 +186,16 @@ def test_no_full_phone_or_email_in_the_logs(world, caplog):
     assert "payment_reminder:u-again" in logged, "the send was logged"
     assert "13800000002" not in logged and "again@example.com" not in logged
     assert "138****02" in logged
+
+
+def test_only_calls_queues_the_calls_and_leaves_the_rest_for_later(world):
+    # catches: --only call sending SMS anyway, or swallowing the other channels' messages for good
+    con, settings, gw, box = world
+    r = dispatch(con, settings, T, validate=validate_outbox, channels=["call"])
+    got = messages(con)
+    assert {k: v[:2] for k, v in got.items()} == {"payment_reminder:u-new": ("call", "queued"),
+                                                  "followup:d-fan": ("call", "queued")}
+    assert gw.accepted == {} and (r.sent, r.calls_queued) == (0, 2)
+    later = dispatch(con, settings, T + MIN, validate=validate_outbox)
+    assert messages(con)["payment_reminder:u-again"][:3] == ("sms", "sent", 1), "a later full run sends it"
+    assert set(gw.accepted) == {"payment_reminder:u-again"} and later.calls_queued == 0

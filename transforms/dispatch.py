@@ -245,10 +245,11 @@ def _update(con: duckdb.DuckDBPyConnection, outcomes) -> None:
         con.unregister("_outcomes")
 
 
-def queued_messages(con: duckdb.DuckDBPyConnection) -> list[dict]:
+def queued_messages(con: duckdb.DuckDBPyConnection, channels=AUTOMATIC) -> list[dict]:
     rows = con.execute(
         "SELECT message_id, channel, shop_id, purpose, recipient, body FROM ops.messages "
-        "WHERE status = 'queued' AND channel IN ('sms', 'chat', 'email') ORDER BY created_at, message_id"
+        "WHERE status = 'queued' AND list_contains(?, channel) ORDER BY created_at, message_id",
+        [[c for c in channels if c in AUTOMATIC]],
     ).fetchall()
     cols = ("message_id", "channel", "shop_id", "purpose", "recipient", "body")
     return [dict(zip(cols, r)) for r in rows]
@@ -304,19 +305,19 @@ async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=No
 
 
 def send_queued(target: duckdb.DuckDBPyConnection | str | Path, settings, step=None,
-                stats: dict | None = None) -> tuple[int, int, list[str]]:
+                stats: dict | None = None, channels=AUTOMATIC) -> tuple[int, int, list[str]]:
     """Send every queued automatic message; returns (sent, failed, failure lines). `target` is an open
     connection (kept for the whole send) or the database's path: then the file is opened only briefly, to
     list the messages and to record each batch of outcomes. `stats`, if given, receives `writes` (batches
     recorded) and `held_seconds` (the file held open for them, path target)."""
     listed = 0.0
     if isinstance(target, duckdb.DuckDBPyConnection):
-        messages = queued_messages(target)
+        messages = queued_messages(target, channels)
     else:
         opened = time.monotonic()
         con = connect(target, read_only=True, setup=False)
         try:
-            messages = queued_messages(con)
+            messages = queued_messages(con, channels)
         finally:
             con.close()
             listed = time.monotonic() - opened
@@ -335,24 +336,31 @@ def send_queued(target: duckdb.DuckDBPyConnection | str | Path, settings, step=N
 # the run
 
 
-def prepare(con, as_of: datetime, *, dry_run: bool, validate=None, renderer: Renderer | None = None):
-    """Plan (or, dry, only build), list the new messages, validate and render them."""
+def prepare(con, as_of: datetime, *, dry_run: bool, validate=None, renderer: Renderer | None = None,
+            channels=None):
+    """Plan (or, dry, only build), list the new messages (of `channels` only, if given), validate and
+    render them."""
     if dry_run:
         build(con, as_of)
     else:
         plan(con, as_of)
     frame = outbox(con, as_of)
+    if channels:
+        frame = frame.filter(pl.col("channel").is_in(list(channels)))
     checks = validate(con, frame, as_of) if validate is not None else []
     return render_all(frame, renderer or Renderer()), checks
 
 
 def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=None, renderer=None,
-             step=None, send: bool = True) -> DispatchResult:
+             step=None, send: bool = True, channels=None) -> DispatchResult:
     """Plan, validate, render and write the outbox through `con`; then, with `send`, send the queued
-    messages through it too. A flow uses :func:`dispatch_db`, which sends without holding the file."""
+    messages through it too. A flow uses :func:`dispatch_db`, which sends without holding the file.
+    `channels` (e.g. ["call"]) limits the run to those channels: the others' messages are neither created
+    nor sent, and a later run creates them (their message_id does not exist yet)."""
     started = time.perf_counter()
     result = DispatchResult(as_of=as_of, dry_run=dry_run)
-    frame, result.validation = prepare(con, as_of, dry_run=dry_run, validate=validate, renderer=renderer)
+    frame, result.validation = prepare(con, as_of, dry_run=dry_run, validate=validate, renderer=renderer,
+                                       channels=channels)
     result.created = {f"{p}/{c}": n for p, c, n in frame.group_by("purpose", "channel").len().sort("purpose", "channel").iter_rows()}
     result.long_sms = frame.filter(pl.col("segments") > 1).height
     result.calls_queued = frame.filter(pl.col("channel") == "call").height
@@ -367,13 +375,14 @@ def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=
         return result
     write_outbox(con, frame, as_of)
     if send:
-        result.sent, result.failed, result.failures = send_queued(con, settings, step)
+        result.sent, result.failed, result.failures = send_queued(con, settings, step,
+                                                                  channels=channels or AUTOMATIC)
     result.seconds = time.perf_counter() - started
     return result
 
 
 def dispatch_db(db: str | Path, settings, as_of: datetime, *, dry_run: bool = False, validate=None, renderer=None,
-                step=None) -> DispatchResult:
+                step=None, channels=None) -> DispatchResult:
     """A flow's dispatch on the database file `db`, holding the file only while it writes: plan, outbox,
     validate, render and write the outbox in one session (closed before sending), then send through short
     connections, then publish the analysts' snapshot in a last short one. The caller keeps other
@@ -381,11 +390,12 @@ def dispatch_db(db: str | Path, settings, as_of: datetime, *, dry_run: bool = Fa
     started = time.perf_counter()
     with session(db, settings) as con:
         result = dispatch(con, settings, as_of, dry_run=dry_run, validate=validate, renderer=renderer, step=step,
-                          send=False)
+                          send=False, channels=channels)
     held = time.perf_counter() - started
     if not dry_run:
         stats: dict = {}
-        result.sent, result.failed, result.failures = send_queued(Path(db), settings, step, stats)
+        result.sent, result.failed, result.failures = send_queued(Path(db), settings, step, stats,
+                                                                  channels=channels or AUTOMATIC)
         held += stats["held_seconds"]
         opened = time.perf_counter()
         con = connect(db, setup=False)

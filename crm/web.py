@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -39,13 +40,37 @@ class Busy(Exception):
 
 
 class Workspace:
-    """Short DuckDB connections for the page, one at a time in this process."""
+    """Short DuckDB connections for the page. One connection at a time in this process (DuckDB refuses a
+    read-only and a writing connection to one file side by side in a process), but nobody waits while
+    holding that turn: each attempt to open the file is a single try, and the waiting between tries is
+    done outside it, so reads go on (from the analytics copy) while a save waits for a flow."""
 
-    def __init__(self, db: str | Path, settings: Settings, *, read_wait: float = 2.0, write_wait: float = 15.0):
+    def __init__(self, db: str | Path, settings: Settings, *, read_wait: float = 0.5, write_wait: float = 15.0):
         self.db, self.settings = Path(db), settings
         self.read_wait, self.write_wait = read_wait, write_wait
-        self._lock = threading.Lock()
+        self._turn = threading.Lock()
         self._zones = [(s.shop_id, s.timezone) for s in settings.shops]
+        self._busy_until = 0.0          # a flow held the file just now: reads go to the copy until then
+
+    def _with(self, path: Path, action, *, read_only: bool, wait: float):
+        """``action(con)`` on a short connection to `path`, trying again until `wait` runs out."""
+        deadline, delay = time.monotonic() + wait, 0.02
+        while True:
+            with self._turn:
+                try:
+                    con = connect(path, read_only=read_only, wait_seconds=0)
+                except DatabaseLocked:
+                    con = None
+                if con is not None:
+                    try:
+                        shop_macros(con, self._zones)
+                        return action(con)
+                    finally:
+                        con.close()
+            if time.monotonic() >= deadline:
+                raise DatabaseLocked(f"{path}: a flow is writing")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     def read(self, query, /, **params) -> tuple[list[dict], datetime | None]:
         """Rows of a query, and None — or the time of the analytics copy they came from while a flow writes."""
@@ -53,40 +78,33 @@ class Workspace:
         return rows, stale
 
     def read_many(self, *queries: tuple[str, dict]) -> tuple[list[list[dict]], datetime | None]:
-        """Several queries on one short connection (so a page waits for a running flow at most once)."""
-        with self._lock:
-            stale = None
+        """Several queries on one short connection: the live file, or the analytics copy while a flow
+        holds the file (with the copy's time, which the page shows)."""
+        def run(con):
+            results = []
+            for query, params in queries:
+                cursor = con.execute(query, params)
+                columns = [d[0] for d in cursor.description]
+                results.append([dict(zip(columns, row)) for row in cursor.fetchall()])
+            return results
+
+        if time.monotonic() >= self._busy_until:
             try:
-                con = connect(self.db, read_only=True, wait_seconds=self.read_wait)
+                return self._with(self.db, run, read_only=True, wait=self.read_wait), None
             except DatabaseLocked:
-                copy = analytics_path(self.db)
-                if not copy.exists():
-                    raise Busy("a flow is writing the database and there is no analytics copy yet") from None
-                con = connect(copy, read_only=True)
-                stale = datetime.fromtimestamp(copy.stat().st_mtime, timezone.utc)
-            try:
-                shop_macros(con, self._zones)
-                results = []
-                for query, params in queries:
-                    cursor = con.execute(query, params)
-                    columns = [d[0] for d in cursor.description]
-                    results.append([dict(zip(columns, row)) for row in cursor.fetchall()])
-                return results, stale
-            finally:
-                con.close()
+                self._busy_until = time.monotonic() + 2.0
+        copy = analytics_path(self.db)
+        if not copy.exists():
+            raise Busy("a flow is writing the database and there is no analytics copy yet")
+        stale = datetime.fromtimestamp(copy.stat().st_mtime, timezone.utc)
+        return self._with(copy, run, read_only=True, wait=self.read_wait), stale
 
     def write(self, action):
         """Run ``action(con)`` on a short writing connection; Busy if a flow holds the file too long."""
-        with self._lock:
-            try:
-                con = connect(self.db, wait_seconds=self.write_wait)
-            except DatabaseLocked:
-                raise Busy(f"a flow is writing the database (waited {self.write_wait:.0f} s)") from None
-            try:
-                shop_macros(con, self._zones)
-                return action(con)
-            finally:
-                con.close()
+        try:
+            return self._with(self.db, action, read_only=False, wait=self.write_wait)
+        except DatabaseLocked:
+            raise Busy(f"a flow is writing the database (waited {self.write_wait:.0f} s)") from None
 
 
 def _labels() -> dict:

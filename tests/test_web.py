@@ -95,21 +95,28 @@ def test_a_gift_over_the_ratio_is_refused_with_a_message(served):
 
 
 def test_the_page_works_while_a_flow_holds_the_file(served):
-    # catches: a page that errors (or hangs) while a flow writes, and a save lost because the file was locked
+    # catches: a page that errors or hangs while a flow writes, reads queued behind a save that waits for
+    # the flow, and a save lost because the file was locked
     server, db, config = served
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db), str(config), "8"], stdout=subprocess.PIPE, text=True)
+    saved = {}
     try:
         assert holder.stdout.readline().strip() == "holding"
-        page = httpx.get(f"{server.url}/shops/s1", timeout=30)
-        assert page.status_code == 200
-        assert holder.poll() is None, "the page answered while the flow still held the file"
-        assert "o-bad" in page.text and "有流程正在写入数据库" in page.text, "read from the published copy"
-        saved = httpx.post(f"{server.url}/shops/s1/calls/o-bad", data=outcome(suggestion="rope"), timeout=30)
-        assert saved.status_code == 303, saved.text
+        save = threading.Thread(target=lambda: saved.update(r=httpx.post(
+            f"{server.url}/shops/s1/calls/o-bad", data=outcome(suggestion="rope"), timeout=30)))
+        save.start()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            pages = [client.get(path) for path in ("/shops/s1", "/", "/shops/s1/calls/o-mid", "/shops/s1")]
+        assert [p.status_code for p in pages] == [200] * 4
+        assert holder.poll() is None and save.is_alive(), "answered while the flow held the file and the save waited"
+        assert "o-bad" in pages[0].text and "有流程正在写入数据库" in pages[0].text, "read from the published copy"
+        save.join(30)
+        assert saved["r"].status_code == 303, saved["r"].text
         assert holder.wait(10) == 0, "the flow finished normally"
     finally:
         holder.kill()
     assert workspace.statuses(db)["o-bad"] == "done"
+    time.sleep(2)                          # the page tries the live file again 2 s after it found it busy
     fresh = httpx.get(f"{server.url}/shops/s1/calls/o-bad").text
     assert "宁波" in fresh and "有流程正在写入数据库" not in fresh, "after the flow: the live file, with its write"
 

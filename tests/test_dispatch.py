@@ -199,3 +199,13 @@ def test_only_calls_queues_the_calls_and_leaves_the_rest_for_later(world):
     later = dispatch(con, settings, T + MIN, validate=validate_outbox)
     assert messages(con)["payment_reminder:u-again"][:3] == ("sms", "sent", 1), "a later full run sends it"
     assert set(gw.accepted) == {"payment_reminder:u-again"} and later.calls_queued == 0
+
+
+def test_failure_lines_do_not_carry_the_full_number(world):
+    # catches: a gateway answer quoting the recipient reaching the run's failure lines, which are logged
+    con, settings, gw, box = world
+    gw.script["payment_reminder:u-again"] = [("status", 400, "invalid number 13800000002")]
+    r = dispatch(con, settings, T, validate=validate_outbox)
+    assert r.failed == 1
+    assert "13800000002" not in r.failures[0] and "138****02" in r.failures[0], r.failures
+    assert messages(con)["payment_reminder:u-again"][3] == "13800000002", "the recipient itself is kept"

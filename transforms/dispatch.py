@@ -40,7 +40,7 @@ import uvloop
 
 from crm.channels import Outcome, SmtpSender, send_webhook
 from crm.db import DatabaseLocked, connect, publish_snapshot, session, sql_text, transaction
-from crm.redact import mask_email, mask_phone
+from crm.redact import mask_email, mask_phone, redact
 from crm.render import Renderer, sms_segments
 from transforms.plan import build, plan
 
@@ -161,7 +161,8 @@ class _Recorder:
             self.sent += 1
         else:
             self.failed += 1
-            self.failures.append(f"{outcome.message_id}: {outcome.error}")
+            # the gateway's or SMTP server's answer may quote the recipient: masked, as these lines are logged
+            self.failures.append(f"{outcome.message_id}: {redact(outcome.error or '')}")
         # a crash can lose the outcomes not yet written (one batch, or more while another process holds
         # the file); those messages are sent again with the same Idempotency-Key, accepted once
         if len(self.pending) >= self.batch or time.monotonic() - self.flushed >= self.every:

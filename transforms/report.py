@@ -421,7 +421,9 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
             outcome = sender.send(msg, max_attempts=gw.max_attempts, base_delay=gw.backoff_seconds)
         finally:
             sender.close()
-        with closing(connect(db)) as con:
+        # SMTP has accepted (or refused) it: wait as long as it takes to record that, or a retry would send
+        # the report a second time
+        with closing(connect(db, wait_seconds=600)) as con:
             con.execute("UPDATE ops.messages SET status = ?, attempts = attempts + ?, sent_at = ?, last_error = ? "
                         "WHERE message_id = ? AND status = 'queued'",
                         [outcome.status, outcome.attempts, outcome.sent_at, outcome.error, msg["message_id"]])

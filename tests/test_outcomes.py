@@ -87,11 +87,12 @@ def test_bad_import_file_reports_line_numbers_and_saves_the_good_rows(shop, tmp_
         {"order_id": "o6", **good, "recorded_at": "2026-11-24 15:00"},                         # 9
         {"order_id": "", **good},                                                              # 10
         {"order_id": "o7", **good, "gift": "true"},                                            # 11: refused, 2 in 2
+        {"order_id": "o8", **good, "reached": ""},                                             # 12: blank is not "no"
     ])
     result = import_file(con, settings, path, now=NOW)
     assert result.saved == 2
     reasons = dict(result.errors)
-    assert sorted(reasons) == [4, 5, 6, 7, 8, 9, 10, 11]
+    assert sorted(reasons) == [4, 5, 6, 7, 8, 9, 10, 11, 12]
     assert reasons[4] == "order 'nope' has no follow-up visit planned"
     assert "quality must be good, issue or n/a, got 'excellent'" in reasons[5]
     assert "reached must be true or false, got 'maybe'" in reasons[6]
@@ -100,6 +101,7 @@ def test_bad_import_file_reports_line_numbers_and_saves_the_good_rows(shop, tmp_
     assert "recorded_at must be ISO 8601 with an offset" in reasons[9]
     assert reasons[10] == "missing order_id"
     assert reasons[11].startswith("gift refused")
+    assert "reached is missing" in reasons[12]
     status = dict(con.execute("SELECT message_id, status FROM ops.messages").fetchall())
     assert status == {"followup:o0": "done", "followup:o1": "queued"}, "a reached call is done, the other stays"
     saved = con.execute("SELECT order_id, reached, logistics, suggestion, gift, callback_at FROM ops.visit_outcomes "

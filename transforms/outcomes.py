@@ -59,9 +59,11 @@ def check(row: dict) -> tuple[dict | None, str | None]:
     order_id = (row.get("order_id") or "").strip()
     if not order_id:
         problems.append("missing order_id")
-    reached = _bool(row.get("reached"))
+    # reached must be said; a blank gift means no gift
+    reached = _bool(row.get("reached")) if (row.get("reached") or "").strip() else None
     if reached is None:
-        problems.append(f"reached must be true or false, got {row.get('reached')!r}")
+        problems.append(f"reached must be true or false, got {row.get('reached')!r}" if (row.get("reached") or "").strip()
+                        else "reached is missing: say true or false")
     values = {}
     for category in CATEGORIES:
         value = (row.get(category) or "").strip().lower() or ("n/a" if reached is False else "")

@@ -37,9 +37,9 @@ outcomes as (
         order_id,
         count(*) filter (where not reached)                            as tries_not_reached,
         max(recorded_at) filter (where reached)                        as reached_at,
-        arg_max(callback_at, recorded_at)                              as callback_at,
+        arg_max_null(callback_at, recorded_at)                         as callback_at,
         arg_max(reached, recorded_at)                                  as last_reached,
-        arg_max(agent, recorded_at)                                    as last_agent
+        arg_max_null(agent, recorded_at)                               as last_agent
     from ops.visit_outcomes
     where order_id in (select order_id from calls)
     group by order_id

@@ -129,7 +129,12 @@ class SmtpSender:
         mail["X-CRM-Message-Id"] = msg["message_id"]
         mail.set_content(body.strip() + "\n")
         if html:
-            mail.add_alternative(msg["body"], subtype="html")      # multipart/alternative: text, then HTML
+            # multipart/alternative: text, then HTML; mail clients drop inline SVG, so each chart goes as a
+            # PNG in the HTML part's multipart/related, referenced by cid
+            page, images = svg_as_png(msg["body"], msg["message_id"])
+            mail.add_alternative(page, subtype="html")
+            for cid, png in images:
+                mail.get_payload()[1].add_related(png, "image", "png", cid=f"<{cid}>")
         error = None
         for attempt in range(1, max_attempts + 1):
             try:
@@ -152,6 +157,27 @@ class SmtpSender:
 
 # --------------------------------------------------------------------------------------------------
 # HTML bodies: a whole page (``<!DOCTYPE html>``) goes as multipart/alternative
+
+
+_SVG = re.compile(r"<svg\b.*?</svg>", re.DOTALL | re.IGNORECASE)
+
+
+def svg_as_png(page: str, message_id: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """The page with each inline <svg> replaced by an <img src="cid:…">, and those PNGs (2x scale)."""
+    if "<svg" not in page:
+        return page, []
+    import vl_convert
+
+    images: list[tuple[str, bytes]] = []
+
+    def swap(match: re.Match) -> str:
+        cid = f"chart{len(images) + 1}.{message_id.replace(':', '.')}@crm"
+        images.append((cid, vl_convert.svg_to_png(match.group(0), scale=2)))
+        width = re.search(r'\bwidth="([\d.]+)"', match.group(0))
+        size = f' width="{width.group(1)}"' if width else ""
+        return f'<img src="cid:{cid}" alt="chart"{size} style="max-width:100%;height:auto">'
+
+    return _SVG.sub(swap, page), images
 
 
 def is_html(body: str) -> bool:

@@ -390,15 +390,24 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port"),
 ) -> None:
-    """The agents' page: today's follow-up calls per shop, the script, and the outcome form."""
+    """The agents' page: today's follow-up calls per shop, the script, and the outcome form.
+    Beyond this machine (a --host other than 127.0.0.1/localhost) it needs CRM_WEB_PASSWORD: the page
+    shows customers' phone numbers."""
+    import os
+
     _require_db()
     settings = _settings()
+    password = os.environ.get("CRM_WEB_PASSWORD") or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not password:
+        fail(f"--host {host}: the page shows customers' phone numbers; set CRM_WEB_PASSWORD to serve it beyond "
+             "this machine (agents then log in with any name and that password)")
     import uvicorn
 
     from crm.web import create_app
 
-    console.print(f"agents' page on http://{host}:{port}/ ({STATE.db}); Ctrl-C stops it", highlight=False)
-    uvicorn.run(create_app(STATE.db, settings), host=host, port=port, log_level="warning")
+    console.print(f"agents' page on http://{host}:{port}/ ({STATE.db}){' with a password' if password else ''}; "
+                  "Ctrl-C stops it", highlight=False)
+    uvicorn.run(create_app(STATE.db, settings, password=password), host=host, port=port, log_level="warning")
 
 
 @server_app.command("start")

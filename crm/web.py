@@ -11,6 +11,8 @@ for a moment (crm.db.connect), so the page never blocks a flow for longer than o
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import threading
 import time
@@ -307,9 +309,31 @@ class Page:
         return record(con, self.ws.settings, outcome, datetime.now(timezone.utc))
 
 
-def create_app(db: str | Path, settings: Settings, **waits) -> Starlette:
+class PasswordGate:
+    """HTTP Basic auth with one shared password (any user name), for a page served beyond this machine."""
+
+    def __init__(self, app, password: str):
+        self.app, self.password = app, password
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            given = ""
+            if header.lower().startswith("basic "):
+                try:
+                    given = base64.b64decode(header[6:]).decode("utf-8").partition(":")[2]
+                except ValueError:
+                    given = ""
+            if not hmac.compare_digest(given.encode(), self.password.encode()):
+                response = PlainTextResponse("password required", status_code=401,
+                                             headers={"WWW-Authenticate": 'Basic realm="crm", charset="UTF-8"'})
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def create_app(db: str | Path, settings: Settings, *, password: str | None = None, **waits):
     page = Page(Workspace(db, settings, **waits))
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/", page.index),
         Route("/healthz", lambda request: PlainTextResponse("ok")),
         Route("/shops/{shop_id}", page.shop),
@@ -317,3 +341,4 @@ def create_app(db: str | Path, settings: Settings, **waits) -> Starlette:
         Route("/shops/{shop_id}/calls/{order_id}", page.save, methods=["POST"]),
         Route("/shops/{shop_id}/reminders/{order_id}", page.reminder_called, methods=["POST"]),
     ])
+    return PasswordGate(app, password) if password else app

@@ -161,3 +161,18 @@ def test_a_payment_reminder_call_is_marked_called(served):
     assert workspace.statuses(db)["u1"] == "done"
     assert httpx.post(f"{server.url}/shops/s1/reminders/u1").status_code == 404, "only once"
     assert "✔" in httpx.get(f"{server.url}/shops/s1").text.split('data-reminder="u1"')[1].split("</tr>")[0]
+
+
+def test_beyond_this_machine_the_page_needs_a_password(tmp_path):
+    # catches: customers' phone numbers served to the network without any login
+    db, config = workspace.make(tmp_path)
+    refused = crm("--db", str(db), "--config", str(config), "serve", "--host", "0.0.0.0", env={"CRM_WEB_PASSWORD": ""})
+    assert refused.returncode == 2 and "CRM_WEB_PASSWORD" in refused.stderr
+    server = workspace.Served(db, config, env={"CRM_WEB_PASSWORD": "s3cret"})
+    try:
+        assert httpx.get(f"{server.url}/shops/s1").status_code == 401
+        assert httpx.get(f"{server.url}/shops/s1", auth=("agent", "wrong")).status_code == 401
+        page = httpx.get(f"{server.url}/shops/s1", auth=("小李", "s3cret"))
+        assert page.status_code == 200 and 'data-order="o-high"' in page.text
+    finally:
+        server.stop()

@@ -92,11 +92,11 @@ def free_port() -> int:
 class Served:
     """`crm serve` as a user starts it, in its own process."""
 
-    def __init__(self, db: Path, config: Path):
+    def __init__(self, db: Path, config: Path, *args: str, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "CRM_DB": str(db), "CRM_CONFIG": str(config)}
-        self.proc = subprocess.Popen([str(BIN / "crm"), "serve", "--port", str(self.port)], cwd=ROOT, env=env,
+        env = {**os.environ, "CRM_DB": str(db), "CRM_CONFIG": str(config), **(env or {})}
+        self.proc = subprocess.Popen([str(BIN / "crm"), "serve", "--port", str(self.port), *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -183,7 +183,7 @@ class Page:
         try:
             (rows, reminders), stale = self.ws.read_many(
                 (self.call_list_sql, {"shop_id": shop.shop_id, "order_id": None, "now": now}),
-                (self.reminder_calls_sql, {"shop_id": shop.shop_id, "now": now}))
+                (self.reminder_calls_sql, {"shop_id": shop.shop_id, "now": now, "per_state": 100}))
         except Busy as e:
             return PlainTextResponse(str(e), status_code=503)
         to_call = [r for r in rows if r["status"] == "queued" and not (r["callback_at"] and r["callback_at"] > now)]
@@ -192,7 +192,9 @@ class Page:
         done = [r for r in rows if r["status"] == "done"]
         saved = request.query_params.get("saved")
         return self.html("shop.html.j2", shop=shop, t=t, to_call=to_call, later=later, done=done, stale=stale,
-                         reminders=reminders, called=request.query_params.get("called"),
+                         reminders=[r for r in reminders if r["state"] != "settled"],
+                         reminder_totals={r["state"]: r["state_total"] for r in reminders},
+                         called=request.query_params.get("called"),
                          saved=saved, saved_done=request.query_params.get("done") == "1",
                          local=lambda ts: self.local(shop, ts))
 

@@ -176,3 +176,16 @@ def test_beyond_this_machine_the_page_needs_a_password(tmp_path):
         assert page.status_code == 200 and 'data-order="o-high"' in page.text
     finally:
         server.stop()
+
+
+def test_a_reminder_call_for_an_order_paid_since_is_not_listed_to_call(served):
+    # catches: agents asked to chase an order the customer has paid meanwhile
+    server, db, _ = served
+    con = connect(db)
+    try:
+        con.execute("UPDATE staging.orders SET paid_at = created_at + INTERVAL 5 MINUTE WHERE order_id = 'u1'")
+    finally:
+        con.close()
+    page = httpx.get(f"{server.url}/shops/s1").text
+    assert 'data-reminder="u1"' not in page
+    assert 'id="settled">另有 1 个在排队后已付款或已关闭' in page

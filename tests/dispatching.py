@@ -54,3 +54,24 @@ port = {smtp_port}
 # T = Tuesday 2026-11-24 10:30 in Shanghai: inside the 10:00-11:00 reminder window and before the
 # 11:00-12:00 visit window (automatic follow-ups are due at 11:00).
 T = local("2026-11-24 10:30")
+
+
+def sms_crowd(db: Path, config: Path, gateway_url: str, n: int) -> None:
+    """A shop whose new customers get SMS reminders, sent 4 at a time, and `n` new customers each with an
+    order placed at 10:00 on T's day: a dispatch at T sends `n` SMS (the crash and lock tests)."""
+    from crm.config import load_settings
+    from crm.db import connect, sync_shops
+    from planning import stage
+
+    shop_config(config, gateway_url, 1)
+    config.write_text(config.read_text().replace(
+        "[shops.visits]", 'channels = { new = "sms" }\n[shops.visits]').replace(
+        "backoff_seconds = 0.01", "backoff_seconds = 0.01\nconcurrency = 4"))
+    con = connect(db)
+    try:
+        sync_shops(con, load_settings(config))
+        stage(con, "customers", *[{"customer_id": f"c{i}", "phone": f"1390000{i:04d}"} for i in range(n)])
+        stage(con, "orders", *[{"order_id": f"o{i:04d}", "customer_id": f"c{i}",
+                                "created_at": local("2026-11-24 10:00")} for i in range(n)])
+    finally:
+        con.close()

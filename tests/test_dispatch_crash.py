@@ -11,9 +11,8 @@ import time
 import duckdb
 
 from conftest import BIN, crm
-from dispatching import T, shop_config
+from dispatching import T, sms_crowd
 from gateway import Gateway
-from planning import local
 
 N = 150
 
@@ -21,24 +20,11 @@ N = 150
 
 
 def test_sigkill_mid_send_then_rerun_delivers_everything_once(local_server, tmp_path):
-    from crm.config import load_settings
-    from crm.db import connect, sync_shops
-    from planning import stage
-
     gw = Gateway(delay=0.1).start()           # slow enough to kill the run half-way
     try:
         db = local_server.parent / "crash.duckdb"
         config = tmp_path / "shops.toml"
-        shop_config(config, gw.url, 1)
-        config.write_text(config.read_text().replace(
-            "[shops.visits]", 'channels = { new = "sms" }\n[shops.visits]').replace(
-            "backoff_seconds = 0.01", "backoff_seconds = 0.01\nconcurrency = 4"))
-        con = connect(db)
-        sync_shops(con, load_settings(config))
-        stage(con, "customers", *[{"customer_id": f"c{i}", "phone": f"1390000{i:04d}"} for i in range(N)])
-        stage(con, "orders", *[{"order_id": f"o{i:04d}", "customer_id": f"c{i}",
-                                "created_at": local("2026-11-24 10:00")} for i in range(N)])
-        con.close()
+        sms_crowd(db, config, gw.url, N)
 
         args = [str(BIN), "--db", str(db), "--config", str(config), "dispatch", "--as-of", T.isoformat()]
         env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

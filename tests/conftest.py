@@ -116,7 +116,8 @@ def crm(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess
     return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -128,7 +129,7 @@ def local_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("srv")
     db = home / "crm.duckdb"
     env = {"PREFECT_API_URL": ""}
-    started = crm("--db", str(db), "server", "start", "--port", str(_free_port()), env=env)
+    started = crm("--db", str(db), "server", "start", "--port", str(free_port()), env=env)
     assert started.returncode == 0, started.stderr + started.stdout
     yield db
     crm("--db", str(db), "server", "stop", env=env)

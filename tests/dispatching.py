@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
+from conftest import free_port
 from planning import local
 
 
@@ -21,10 +21,7 @@ class Mailbox:
 
 def start_smtp() -> tuple[Controller, Mailbox]:
     box = Mailbox()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
     controller.start()
     return controller, box
 

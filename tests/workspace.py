@@ -5,15 +5,14 @@ orders delivered seven days before T (due today), capacity 4 calls; the rest go 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 
+from conftest import BIN, free_port
 from crm.config import load_settings
 from crm.db import connect, publish_snapshot, session
 from planning import local, stage
@@ -21,7 +20,6 @@ from transforms.dispatch import dispatch
 from transforms.validate import validate_outbox
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 # Tuesday 2026-11-24 11:30 in Shanghai, inside the 11:00-12:00 visit window
 T = local("2026-11-24 11:30")
@@ -83,12 +81,6 @@ def make(folder: Path, *, capacity: int = 4, db: Path | None = None) -> tuple[Pa
     return db, config
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Served:
     """`crm serve` as a user starts it, in its own process."""
 
@@ -96,7 +88,7 @@ class Served:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CRM_DB": str(db), "CRM_CONFIG": str(config), **(env or {})}
-        self.proc = subprocess.Popen([str(BIN / "crm"), "serve", "--port", str(self.port), *args], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([str(BIN), "serve", "--port", str(self.port), *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -233,18 +233,17 @@ class Page:
         return await run_in_threadpool(self.save_form, shop, order_id, values, request)
 
     def save_form(self, shop, order_id: str, values: dict, request: Request) -> Response:
-        t = self.t(shop)
-        problem, outcome = self.form_outcome(shop, order_id, values, t)
+        problem, outcome = self.form_outcome(shop, order_id, values)
+        status = 422
         if problem is None:
             try:
                 problem = self.ws.write(lambda con: self._record(con, shop, outcome))
             except Busy as e:
-                problem = str(e)
-                return self.with_cookie(self.task_page(shop, order_id, request, error=f"{problem}. {t['nothing_saved']}",
-                                                       values=values, status=503), values)
+                problem, status = str(e), 503
         if problem:
-            return self.with_cookie(self.task_page(shop, order_id, request, error=f"{problem}. {t['nothing_saved']}",
-                                                   values=values, status=422), values)
+            page = self.task_page(shop, order_id, request, error=f"{problem}. {self.t(shop)['nothing_saved']}",
+                                  values=values, status=status)
+            return self.with_cookie(page, values)
         done = "1" if outcome["reached"] else "0"
         response = RedirectResponse(f"/shops/{shop.shop_id}?saved={order_id}&done={done}", status_code=303)
         return self.with_cookie(response, values)
@@ -278,9 +277,11 @@ class Page:
             response.set_cookie("crm_agent", quote(values["agent"][:80]), max_age=30 * 86400, samesite="lax")
         return response
 
-    def form_outcome(self, shop, order_id: str, values: dict, t: dict) -> tuple[str | None, dict | None]:
+    def form_outcome(self, shop, order_id: str, values: dict) -> tuple[str | None, dict | None]:
         """The form as an outcome row for transforms.outcomes.check: the call-back time is the shop's local
         time; a customer not reached needs one, in the future."""
+        if values["reached"] not in ("true", "false"):
+            return "say whether the customer was reached", None
         row = {**values, "order_id": order_id, "recorded_at": None}
         if values["reached"] == "false":
             if not values["callback_at"]:
@@ -298,8 +299,6 @@ class Page:
                 row[category] = "n/a"
         else:
             row["callback_at"] = ""
-        if values["reached"] not in ("true", "false"):
-            return "say whether the customer was reached", None
         outcome, problem = check(row)
         return problem, outcome
 

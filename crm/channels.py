@@ -120,7 +120,7 @@ class SmtpSender:
         html = is_html(msg["body"])
         if html:
             # an HTML page (the feedback report): its <title> is the subject, a text part the fallback
-            subject, body = html_title(msg["body"]), html_to_text(msg["body"])
+            subject, body = html_title_and_text(msg["body"])
         else:
             subject, _, body = msg["body"].partition("\n")      # a plain message: its first line is the subject
         mail = EmailMessage()
@@ -224,17 +224,11 @@ class _Text(HTMLParser):
             self.parts.append(re.sub(r"\s+", " ", data))
 
 
-def _parse(html: str) -> _Text:
+def html_title_and_text(html: str) -> tuple[str, str]:
+    """A page's <title> and its readable text, from one parse."""
     parser = _Text()
     parser.feed(html)
     parser.close()
-    return parser
-
-
-def html_title(html: str) -> str:
-    return " ".join("".join(_parse(html).title).split())
-
-
-def html_to_text(html: str) -> str:
-    lines = (line.strip() for line in "".join(_parse(html).parts).splitlines())
-    return "\n".join(line for line in lines if line).replace("\x00", "").strip()
+    lines = (line.strip() for line in "".join(parser.parts).splitlines())
+    text = "\n".join(line for line in lines if line).replace("\x00", "").strip()
+    return " ".join("".join(parser.title).split()), text

@@ -1,10 +1,12 @@
-"""The one place configuration is resolved: the shops file (CONTRACT §3, §7) and the environment.
+"""The one place configuration is resolved: the shops file (docs/rules.md §3, §7) and the environment.
 
 Every error is a single line naming the file, the shop and the key, e.g.
 ``shops.toml: shop 's2': reminders.shipping_cutoffs[0]: '25:00' is not a time HH:MM (00:00-23:59)``.
+Types are strict: a number in quotes (``lead_minutes = "60"``) or a boolean in quotes is refused, not
+converted; a whole number is fine where a decimal is expected (``high_value_amount = 500``).
 Secrets and URLs come from the file or from the environment (``CRM_GATEWAY_URL``,
 ``CRM_GATEWAY_TOKEN``, ``CRM_SMTP_HOST``, ``CRM_SMTP_PORT``, ``CRM_SMTP_USER``, ``CRM_SMTP_PASSWORD``),
-the environment winning.
+the environment winning; a variable's text is converted to its key's type here, and an error names it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 DEFAULT_DB = "data/crm.duckdb"
 DEFAULT_CONFIG = "shops.toml"
@@ -48,7 +50,8 @@ Channel = Literal["call", "sms", "email"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML's own types only (60, not "60"; true, not "true"); an int is accepted for a float
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Channels(_Strict):
@@ -170,6 +173,7 @@ class Gateway(_Strict):
     max_attempts: Annotated[int, Field(ge=1)] = 5
     concurrency: Annotated[int, Field(ge=1)] = 16
     backoff_seconds: Annotated[float, Field(ge=0)] = 0.5    # first retry waits up to this, doubling
+    down_after: Annotated[int, Field(ge=1)] = 10            # messages in a row failing transiently: gateway down
 
     @field_validator("webhook_url")
     @classmethod
@@ -190,8 +194,24 @@ class Smtp(_Strict):
 
 class Settings(_Strict):
     shops: list[Shop]
+    # shops that still have orders in the database but are no longer served: not planned, not an error
+    retired_shops: list[Annotated[str, Field(min_length=1)]] = []
     gateway: Gateway = Gateway()
     smtp: Smtp = Smtp()
+
+    @field_validator("retired_shops")
+    @classmethod
+    def _retired(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        configured = {s.shop_id for s in info.data.get("shops") or []}
+        seen: set[str] = set()
+        for i, shop_id in enumerate(v):
+            if shop_id in configured:
+                raise ValueError(f"[{i}]: {shop_id!r} is also configured in [[shops]]: a shop is either "
+                                 "configured or retired")
+            if shop_id in seen:
+                raise ValueError(f"[{i}]: {shop_id!r} is listed twice")
+            seen.add(shop_id)
+        return v
 
     @model_validator(mode="after")
     def _unique_shops(self) -> "Settings":
@@ -215,13 +235,21 @@ class _DuplicateShop(ValueError):
         self.index, self.shop_id = index, shop_id
 
 
+def _env_port(value: str) -> int:
+    text = value.strip()
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"{value!r} is not a whole number from 1 to 65535")
+    return int(text)
+
+
+# (section, key) -> the environment variable that overrides it, and how its text becomes the key's type
 _ENV = {
-    ("gateway", "webhook_url"): "CRM_GATEWAY_URL",
-    ("gateway", "token"): "CRM_GATEWAY_TOKEN",
-    ("smtp", "host"): "CRM_SMTP_HOST",
-    ("smtp", "port"): "CRM_SMTP_PORT",
-    ("smtp", "username"): "CRM_SMTP_USER",
-    ("smtp", "password"): "CRM_SMTP_PASSWORD",
+    ("gateway", "webhook_url"): ("CRM_GATEWAY_URL", str),
+    ("gateway", "token"): ("CRM_GATEWAY_TOKEN", str),
+    ("smtp", "host"): ("CRM_SMTP_HOST", str),
+    ("smtp", "port"): ("CRM_SMTP_PORT", _env_port),
+    ("smtp", "username"): ("CRM_SMTP_USER", str),
+    ("smtp", "password"): ("CRM_SMTP_PASSWORD", str),
 }
 
 
@@ -241,12 +269,25 @@ def _where(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
     return prefix + (key or "(top level)")
 
 
+# strict types: what a value of the wrong TOML type should have been
+_WANTED = {"int_type": "must be a whole number", "float_type": "must be a number",
+           "bool_type": "must be true or false", "model_type": "must be a table of keys",
+           "dict_type": "must be a table of keys"}
+
+
 def _message(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
+    if kind in _WANTED:
+        value, hint = err.get("input"), ""
+        if isinstance(value, str) and kind in ("int_type", "float_type", "bool_type"):
+            hint = ", written without quotes"
+        elif isinstance(value, bool) and kind in ("int_type", "float_type"):
+            hint = ", not true/false"
+        return f"{_WANTED[kind]}{hint} (got {value!r})"
     msg = err.get("msg", "invalid")
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
     if kind.startswith(("greater_than", "less_than")) or kind in {"literal_error", "int_parsing", "float_parsing", "string_type", "bool_parsing", "int_from_float", "list_type"}:
@@ -258,7 +299,7 @@ def parse_settings(raw: dict[str, Any], source: str = "<config>") -> Settings:
     """Validate an already-parsed TOML document; raise ConfigError with one line."""
     if not raw.get("shops"):
         raise ConfigError(f"{source}: no [[shops]] defined (see shops.example.toml)")
-    raw = _apply_env(raw)
+    raw, from_env = _apply_env(raw, source)
     try:
         return Settings.model_validate(raw)
     except ValidationError as e:
@@ -267,17 +308,33 @@ def parse_settings(raw: dict[str, Any], source: str = "<config>") -> Settings:
         if isinstance(ctx_err, _DuplicateShop):
             raise ConfigError(f"{source}: shops[{ctx_err.index}]: shop_id: duplicate shop_id {ctx_err.shop_id!r}") from None
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        where, msg = _where(raw, tuple(err["loc"])), _message(err)
+        loc = tuple(err["loc"])
+        where, msg = _where(raw, loc), _message(err)
+        if loc[:2] in from_env:
+            # the value came from the environment: name the variable, not the file
+            raise ConfigError(f"{from_env[loc[:2]]}: {msg} (it sets {where}, overriding {source}){more}") from None
         sep = "" if msg.startswith("[") else ": "
         raise ConfigError(f"{source}: {where}{sep}{msg}{more}") from None
 
 
-def _apply_env(raw: dict[str, Any]) -> dict[str, Any]:
+def _apply_env(raw: dict[str, Any], source: str = "<config>") -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+    """The document with the environment's overrides, each converted to its key's type (one line naming the
+    variable if it cannot be); and which (section, key) came from which variable."""
     raw = dict(raw)
-    for (section, key), var in _ENV.items():
-        if var in os.environ:
-            raw[section] = {**(raw.get(section) or {}), key: os.environ[var]}
-    return raw
+    used: dict[tuple[str, str], str] = {}
+    for (section, key), (var, convert) in _ENV.items():
+        if var not in os.environ:
+            continue
+        try:
+            value = convert(os.environ[var])
+        except ValueError as e:
+            raise ConfigError(f"{var}: {e} (it sets {section}.{key}, overriding {source})") from None
+        table = raw.get(section)
+        if table is not None and not isinstance(table, dict):
+            continue                          # [section] is not a table: validation says so, naming the file
+        raw[section] = {**(table or {}), key: value}
+        used[(section, key)] = var
+    return raw, used
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:

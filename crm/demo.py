@@ -1,11 +1,11 @@
-"""Demo data: a realistic landing folder (CONTRACT §1) plus its ``shops.toml`` (§3, §7).
+"""Demo data: a realistic landing folder (docs/rules.md §1) plus its ``shops.toml`` (§3, §7).
 
 ``generate()`` writes ``out_dir/landing/<entity>/<YYYY-MM-DDTHHMM>_dropNNN[_tag].<ext>`` for the six
 entities and ``out_dir/shops.toml`` for three shops (s1 Asia/Shanghai, s2 America/New_York, s3
 Europe/Berlin). Everything is vectorised with numpy + polars (loops only over shops, chunks, files
 and a handful of combinations), deterministic for a given ``seed`` and ``anchor``.
 
-The demo (``bench=False``) mixes the formats the contract allows and plants the situations of the
+The demo (``bench=False``) mixes the formats docs/rules.md §1 allows and plants the situations of the
 seed articles:
 
 * orders: an initial Parquet snapshot (tz-aware UTC), a CSV drop of updates (ISO strings with the
@@ -109,8 +109,8 @@ _SHOPS = (
 SHOP_TIMEZONES = {s.shop_id: s.tz for s in _SHOPS}
 
 _SHOPS_TOML = """\
-# Demo configuration written by crm.demo (CONTRACT §3 and §7).
-# Keys not written here take the contract's defaults.
+# Demo configuration written by crm.demo (docs/rules.md §3 and §7).
+# Keys not written here take their defaults (every key: shops.example.toml and docs/rules.md §3).
 
 [gateway]
 webhook_url = "http://127.0.0.1:8080/send"

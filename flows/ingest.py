@@ -1,4 +1,4 @@
-"""Ingest flow: load a landing folder's new drop files into DuckDB (CONTRACT §1)."""
+"""Ingest flow: load a landing folder's new drop files into DuckDB (docs/rules.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Visit outcomes flow: record a call-centre export (CONTRACT §5)."""
+"""Visit outcomes flow: record a call-centre export (docs/rules.md §5)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ CREATE OR REPLACE TEMP MACRO crm_required(name, t, val) AS
     CASE WHEN t IS NULL THEN 'missing ' || name
          WHEN val IS NULL THEN 'unparsable ' || name || ' ' || to_json(t) END;
 
--- CONTRACT §3: hash01(x) = first 8 hex digits of md5(x) as an integer / 2^32, in [0, 1)
+-- docs/rules.md §3: hash01(x) = first 8 hex digits of md5(x) as an integer / 2^32, in [0, 1)
 CREATE OR REPLACE TEMP MACRO hash01(x) AS CAST(('0x' || left(md5(x), 8)) AS UBIGINT) / 4294967296.0;
 -- quiet hours [qs, qe) in minutes of the day, wrapping midnight when qs > qe; none when NULL or equal
 CREATE OR REPLACE TEMP MACRO crm_in_quiet(m, qs, qe) AS

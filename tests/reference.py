@@ -1,17 +1,17 @@
-"""An independent, plain-Python reading of CONTRACT §2–§6 (payment reminders, follow-up visits,
-customer segments), written from the contract text only, row by row, for clarity over speed.
+"""An independent, plain-Python reading of docs/rules.md §2–§6 (payment reminders, follow-up visits,
+customer segments), written from the rules text only (docs/rules.md), row by row, for clarity over speed.
 
-Inputs are lists of dicts with the contract's column names:
+Inputs are lists of dicts with the column names of docs/rules.md §1:
 
 * datetimes are aware (any zone; everything is compared as UTC instants),
 * amounts are Decimal (or float / str), ``style_tags`` a list of lower-case strings or None,
   ``opt_out`` a bool,
-* ``shops`` are dicts shaped like the TOML of CONTRACT §3 with every default filled
+* ``shops`` are dicts shaped like the TOML of docs/rules.md §3 with every default filled
   (``shop_id``, ``timezone``, ``distribution_platforms``, ``reminders={...}``, ``visits={...}``),
 * ``messages`` rows have ``message_id, purpose, shop_id, order_id, customer_id, channel, status,
   created_at``.
 
-Where the contract is silent this follows the project's documented choices:
+Where the rules are silent this follows the project's documented choices:
 
 1. ops.messages is read as it was at T (only ``created_at <= T`` counts).
 2. Wall clock -> instant with zoneinfo, fold=0 (ambiguous: first occurrence; nonexistent: the offset
@@ -230,7 +230,7 @@ def end_of_quiet(ts: datetime, shop: dict) -> datetime:
 # ------------------------------------------------------------------------------------ send time
 
 def send_time(o: dict, shop: dict) -> tuple[datetime, datetime, datetime]:
-    """(s, e, deadline) for an order, CONTRACT §4 'Send time'."""
+    """(s, e, deadline) for an order, docs/rules.md §4 'Send time'."""
     r = shop["reminders"]
     tz = shop["timezone"]
     t0 = as_utc(o["created_at"])

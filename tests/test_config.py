@@ -1,4 +1,4 @@
-"""Configuration (CONTRACT §3, §7): defaults, and one clear line for every kind of bad config."""
+"""Configuration (docs/rules.md §3, §7): defaults, strict types, and one clear line for every kind of bad config."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def test_defaults_are_the_contracts():
     assert v.windows == ["11:00-12:00", "16:00-18:00"] and v.high_value_amount == 500
     assert v.auto_channel == "sms" and v.gift_ratio == 0.05 and "慢" in v.complaint_keywords
     assert s.gateway.webhook_url == "http://127.0.0.1:8080/send" and s.gateway.max_attempts == 5
-    assert s.gateway.timeout_seconds == 10
+    assert s.gateway.timeout_seconds == 10 and s.gateway.down_after == 10
     assert (s.smtp.host, s.smtp.port, s.smtp.sender) == ("127.0.0.1", 1025, "crm@example.com")
+    assert s.retired_shops == []
 
 
 def test_partial_channels_keep_the_other_defaults():
@@ -131,3 +132,133 @@ def test_paths_resolve_option_then_environment_then_default(monkeypatch):
     monkeypatch.setenv("CRM_DB", "/x/env.duckdb")
     assert resolve_paths(None, None)[0] == Path("/x/env.duckdb")
     assert resolve_paths("/x/opt.duckdb", None)[0] == Path("/x/opt.duckdb")
+
+
+# --------------------------------------------------------------------------------------------------
+# strict types: TOML's own types, never a number or a switch in quotes
+
+
+SHOP = '[[shops]]\nshop_id = "s1"\n'
+
+
+@pytest.mark.parametrize("table,key,written,where", [
+    ("[shops.reminders]", "lead_minutes", '"60"', "shop 's1': reminders.lead_minutes"),
+    ("[shops.reminders]", "daily_cap", '"1"', "shop 's1': reminders.daily_cap"),
+    ("[shops.visits]", "manual_capacity", '"40"', "shop 's1': visits.manual_capacity"),
+    ("[shops.reminders]", "holdout_rate", '"0.1"', "shop 's1': reminders.holdout_rate"),
+    ("[shops.visits]", "high_value_amount", '"500"', "shop 's1': visits.high_value_amount"),
+    ("[gateway]", "max_attempts", '"5"', "gateway.max_attempts"),
+    ("[gateway]", "timeout_seconds", '"10"', "gateway.timeout_seconds"),
+    ("[smtp]", "port", '"1025"', "smtp.port"),
+])
+def test_a_number_in_quotes_is_refused(tmp_path, table, key, written, where):
+    msg = _error(f"{SHOP}{table}\n{key} = {written}\n", tmp_path)
+    assert f"{where}: " in msg and "without quotes" in msg and f"(got {written.replace(chr(34), chr(39))})" in msg
+
+
+@pytest.mark.parametrize("table,key,written", [
+    ("[shops.visits]", "manual_capacity", "40.0"),
+    ("[shops.reminders]", "lead_minutes", "60.5"),
+    ("[gateway]", "max_attempts", "5e0"),
+])
+def test_a_decimal_where_a_whole_number_is_wanted_is_refused(tmp_path, table, key, written):
+    msg = _error(f"{SHOP}{table}\n{key} = {written}\n", tmp_path)
+    assert key in msg and "must be a whole number" in msg
+
+
+def test_a_whole_number_where_a_decimal_is_wanted_is_fine(tmp_path):
+    path = tmp_path / "shops.toml"
+    path.write_text(f"{SHOP}[shops.visits]\nhigh_value_amount = 300\ngift_ratio = 0\n"
+                    "[gateway]\ntimeout_seconds = 3\nbackoff_seconds = 1\n", encoding="utf-8")
+    s = load_settings(path)
+    assert s.shops[0].visits.high_value_amount == 300.0 and isinstance(s.shops[0].visits.high_value_amount, float)
+    assert s.shops[0].visits.gift_ratio == 0.0 and (s.gateway.timeout_seconds, s.gateway.backoff_seconds) == (3.0, 1.0)
+
+
+def test_a_switch_in_quotes_is_refused(tmp_path):
+    msg = _error(f'[smtp]\nstarttls = "true"\n{SHOP}', tmp_path)
+    assert "smtp.starttls: must be true or false, written without quotes (got 'true')" in msg
+    path = tmp_path / "ok.toml"
+    path.write_text(f"[smtp]\nstarttls = true\n{SHOP}", encoding="utf-8")
+    assert load_settings(path).smtp.starttls is True
+
+
+@pytest.mark.parametrize("table,key,written,words", [
+    ("[shops.reminders]", "daily_cap", "true", ["reminders.daily_cap", "not true/false", "(got True)"]),
+    ("[shops.visits]", "gift_ratio", "false", ["visits.gift_ratio", "not true/false"]),
+    ("[smtp]", "starttls", "1", ["smtp.starttls", "must be true or false", "(got 1)"]),
+    ("[shops.reminders]", "quiet_hours", '"21:00"', ["reminders.quiet_hours", "valid list", "'21:00'"]),
+    ("[shops.visits]", "complaint_keywords", '"slow"', ["visits.complaint_keywords", "valid list"]),
+    ("[shops.reminders]", "channels", '"sms"', ["reminders.channels", "must be a table of keys", "'sms'"]),
+    ("[shops.reminders]", "second_purchase_offer", "10", ["reminders.second_purchase_offer", "valid string", "(got 10)"]),
+])
+def test_other_wrong_types_are_refused(tmp_path, table, key, written, words):
+    msg = _error(f"{SHOP}{table}\n{key} = {written}\n", tmp_path)
+    assert all(w in msg for w in words), msg
+
+
+def test_a_shop_level_wrong_type_names_the_shop(tmp_path):
+    msg = _error('[[shops]]\nshop_id = "s9"\ndistribution_platforms = "fenxiao"\n', tmp_path)
+    assert msg.startswith(f"{tmp_path / 'shops.toml'}: shop 's9': distribution_platforms: ")
+
+
+# --------------------------------------------------------------------------------------------------
+# the environment: text, converted to the key's type, an error naming the variable
+
+
+def _env_error(monkeypatch, var: str, value: str) -> str:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        parse_settings({"shops": [{"shop_id": "s1"}]}, "shops.toml")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{var}: ")
+    return message
+
+
+def test_smtp_port_from_the_environment_is_a_number(monkeypatch):
+    monkeypatch.setenv("CRM_SMTP_PORT", " 2525 ")
+    s = parse_settings({"shops": [{"shop_id": "s1"}], "smtp": {"port": 1025}})
+    assert s.smtp.port == 2525
+
+
+@pytest.mark.parametrize("value", ["abc", "", "25.5", "-1", "２５"])
+def test_a_bad_smtp_port_in_the_environment_names_the_variable(monkeypatch, value):
+    msg = _env_error(monkeypatch, "CRM_SMTP_PORT", value)
+    assert f"{value!r} is not a whole number from 1 to 65535" in msg and "smtp.port" in msg and "shops.toml" in msg
+
+
+def test_an_environment_value_out_of_range_names_the_variable(monkeypatch):
+    msg = _env_error(monkeypatch, "CRM_SMTP_PORT", "70000")
+    assert "70000" in msg and "smtp.port" in msg
+    msg = _env_error(monkeypatch, "CRM_GATEWAY_URL", "ftp://x")
+    assert "'ftp://x' is not an http(s) URL" in msg and "gateway.webhook_url" in msg
+
+
+# --------------------------------------------------------------------------------------------------
+# the new keys: retired_shops, gateway.down_after
+
+
+def test_retired_shops(tmp_path):
+    path = tmp_path / "shops.toml"
+    path.write_text(f'retired_shops = ["s3", "old"]\n{SHOP}', encoding="utf-8")
+    assert load_settings(path).retired_shops == ["s3", "old"]
+
+
+@pytest.mark.parametrize("written,words", [
+    ('["s3", "s1"]', ["retired_shops[1]: 's1' is also configured", "either configured or retired"]),
+    ('["s3", "s3"]', ["retired_shops[1]: 's3' is listed twice"]),
+    ('[""]', ["retired_shops[0]", "at least 1 character"]),
+    ('"s3"', ["retired_shops", "valid list", "'s3'"]),
+    ("[3]", ["retired_shops[0]", "valid string", "(got 3)"]),
+])
+def test_bad_retired_shops(tmp_path, written, words):
+    msg = _error(f"retired_shops = {written}\n{SHOP}", tmp_path)
+    assert all(w in msg for w in words), msg
+
+
+def test_down_after(tmp_path):
+    path = tmp_path / "shops.toml"
+    path.write_text(f"[gateway]\ndown_after = 3\n{SHOP}", encoding="utf-8")
+    assert load_settings(path).gateway.down_after == 3
+    assert "gateway.down_after" in _error(f"[gateway]\ndown_after = 0\n{SHOP}", tmp_path)
+    assert "without quotes" in _error(f'[gateway]\ndown_after = "10"\n{SHOP}', tmp_path)

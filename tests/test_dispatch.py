@@ -1,4 +1,4 @@
-"""Dispatch (CONTRACT §6-§7): outbox, exactly-once sending, calls for agents, validation, dry run."""
+"""Dispatch (docs/rules.md §6-§7): outbox, exactly-once sending, calls for agents, validation, dry run."""
 
 from __future__ import annotations
 

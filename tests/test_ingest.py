@@ -1,4 +1,4 @@
-"""Ingest (CONTRACT §1): bad rows to quarantine, newest wins, idempotent re-ingest, DST-correct local times."""
+"""Ingest (docs/rules.md §1): bad rows to quarantine, newest wins, idempotent re-ingest, DST-correct local times."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Cross-check of the planning marts against tests/reference.py, an independent plain-Python reading
-of CONTRACT §2-§6, on small, seeded, edge-case-dense data.
+of docs/rules.md §2-§6, on small, seeded, edge-case-dense data.
 
 Each case generates three shops around one evaluation time T:
 

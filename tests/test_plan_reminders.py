@@ -1,6 +1,6 @@
-"""Payment-reminder decisions (CONTRACT §4), one rule at a time, on the least data that shows it.
+"""Payment-reminder decisions (docs/rules.md §4), one rule at a time, on the least data that shows it.
 
-Shop s1 is Asia/Shanghai with the contract's defaults: cut-offs 11:00 and 17:00 with a 60-minute
+Shop s1 is Asia/Shanghai with the default configuration: cut-offs 11:00 and 17:00 with a 60-minute
 lead (windows [10:00, 11:00) and [16:00, 17:00)), min age 15 min, auto-close 1440 min, quiet hours
 [21:00, 09:00), daily cap 1, no second-purchase offer, channels new=call, second=sms, repeat=sms.
 T is Tuesday 2026-11-24 10:30 local unless a test says otherwise.

@@ -1,4 +1,4 @@
-"""Follow-up visits (CONTRACT §5): eligibility, tiers, ranking, call capacity, channels, due time.
+"""Follow-up visits (docs/rules.md §5): eligibility, tiers, ranking, call capacity, channels, due time.
 
 Shop s1 is Asia/Shanghai: trigger 'delivered', follow-up after 7 days, grace 3 days, windows
 11:00-12:00 and 16:00-18:00, high value 500. T is 2026-11-24 11:30 local (D = 2026-11-24), so an

@@ -1,4 +1,4 @@
-"""Ingest a landing folder into DuckDB (CONTRACT §1).
+"""Ingest a landing folder into DuckDB (docs/rules.md §1).
 
 The steps, all set-based in DuckDB (Python only loops over entities and files, never rows):
 
@@ -30,7 +30,7 @@ import duckdb
 from crm.db import sql_text, transaction
 
 # --------------------------------------------------------------------------------------------------
-# the entities of CONTRACT §1, in load order (reviews and suppressions look up orders and customers)
+# the entities of docs/rules.md §1, in load order (reviews and suppressions look up orders and customers)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
 }
 
 
-# the dispatch's checks on the messages it is about to create (CONTRACT §4, §6): each column must be false
+# the dispatch's checks on the messages it is about to create (docs/rules.md §4, §6): each column must be false
 OUTBOX_CHECKS = [
     Check("ExpectColumnValuesToBeInSet", {"column": "paid_at_t", "value_set": [False]},
           label="a payment reminder for an order paid at T"),

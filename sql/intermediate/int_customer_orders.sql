@@ -1,5 +1,5 @@
 -- int_customer_orders: every order (in any state) of the customers who have an unpaid order at T,
--- in the same shop, with its state at T (CONTRACT §2). The reminder rules compare an unpaid order
+-- in the same shop, with its state at T (docs/rules.md §2). The reminder rules compare an unpaid order
 -- with these: paid_other, not_latest and the prior purchases behind the segment.
 with customers as (
     select distinct shop_id, customer_id from int_unpaid_orders

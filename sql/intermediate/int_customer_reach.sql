@@ -1,6 +1,6 @@
 -- int_customer_reach: how each customer of an unpaid order or a visit candidate can be reached at T.
 --   opted_out: the customer has opt_out, or a suppression with channel 'all' matching its id, phone
---              or email, created <= T (CONTRACT §4 reason 3; also used for visits, §5);
+--              or email, created <= T (docs/rules.md §4 reason 3; also used for visits, §5);
 --   suppressed_<channel>: a suppression for that channel matching id, phone or email, created <= T.
 -- A customer missing from staging.customers has no contact and has not opted out.
 with wanted as (

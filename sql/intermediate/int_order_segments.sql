@@ -1,4 +1,4 @@
--- int_order_segments: prior purchases and segment of each unpaid order (CONTRACT §2).
+-- int_order_segments: prior purchases and segment of each unpaid order (docs/rules.md §2).
 -- Prior purchases of order o: the customer's other orders in the same shop with paid_at < o.created_at
 -- and not refunded at T. Segment: 0 -> new, 1 -> second, 2 or more -> repeat.
 with unpaid as (

@@ -1,4 +1,4 @@
--- int_order_style: the product tone of each unpaid order (CONTRACT §4, the seed's "cute product"
+-- int_order_style: the product tone of each unpaid order (docs/rules.md §4, the seed's "cute product"
 -- message): the first style tag of its products, by line_no then by the tag's place in style_tags,
 -- for which a template variant exists for the order's segment ($variants: 'segment.tag' names).
 with items as (

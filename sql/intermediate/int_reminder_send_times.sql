@@ -1,4 +1,4 @@
--- int_reminder_send_times: when a payment reminder for each unpaid order would go out (CONTRACT §4).
+-- int_reminder_send_times: when a payment reminder for each unpaid order would go out (docs/rules.md §4).
 -- t0 = created_at, e = t0 + min_age_minutes, deadline = t0 + auto_close_minutes - close_margin_minutes.
 --   1. strategy 'delay': s = t0 + delay_minutes. Strategy 'cutoff': windows [c - lead, c) for each cut-off c
 --      on every local day; s = e if e lies in a window, else the start of the first window after e

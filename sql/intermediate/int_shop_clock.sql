@@ -1,6 +1,6 @@
--- int_shop_clock: what T is in each shop's own time zone, with the shop's settings (CONTRACT §3).
+-- int_shop_clock: what T is in each shop's own time zone, with the shop's settings (docs/rules.md §3).
 -- One row per shop: local date D of T, whether T is inside quiet hours, and when a visit is due at T
--- (CONTRACT §5: T itself inside a visit window, else the next window's start, else D+1's first window).
+-- (docs/rules.md §5: T itself inside a visit window, else the next window's start, else D+1's first window).
 with shops as (
     select * from ops.shops
 ),

@@ -1,4 +1,4 @@
--- int_unpaid_orders: every order unpaid at T (CONTRACT §2): created_at <= T, not paid at T
+-- int_unpaid_orders: every order unpaid at T (docs/rules.md §2): created_at <= T, not paid at T
 -- (paid_at null or > T), and not closed at T (closed_at null or > T).
 with orders as (
     select *

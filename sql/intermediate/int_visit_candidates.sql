@@ -1,4 +1,4 @@
--- int_visit_candidates: orders whose follow-up falls due on T's local date D (CONTRACT §5), before the
+-- int_visit_candidates: orders whose follow-up falls due on T's local date D (docs/rules.md §5), before the
 -- checks on the customer and on ops.messages (those are in marts/visit_tasks.sql).
 --   trigger time x (delivered_at, shipped_at or paid_at, per the shop's trigger) is not null and <= T;
 --   N = the largest followup_days among its products, the shop's followup_days where none sets it;

@@ -1,5 +1,5 @@
 -- customer_segments: every customer of every shop — also one without orders — with the orders paid and
--- not refunded at T (CONTRACT §2, §6): paid_orders, lifetime_value, last_paid_at; segment new (0),
+-- not refunded at T (docs/rules.md §2, §6): paid_orders, lifetime_value, last_paid_at; segment new (0),
 -- second (1), repeat (2 or more). A customer who bought in a shop other than their record's gets a row
 -- for that shop too. Computed for the (shop, customer) pairs in segment_scope: all of them on a full
 -- rebuild, the ones whose orders changed since the last T otherwise (transforms.plan.refresh_segments).

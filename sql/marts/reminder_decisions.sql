@@ -1,5 +1,5 @@
 -- reminder_decisions: one decision per order unpaid at T — remind, wait or skip — with the first reason
--- that applies, in the order of CONTRACT §4:
+-- that applies, in the order of docs/rules.md §4:
 --    1 expired                T >= created_at + auto_close_minutes
 --    2 distribution_platform  platform is one of the shop's distribution_platforms
 --    3 opted_out              opt_out, or an 'all' suppression by id, phone or email created <= T

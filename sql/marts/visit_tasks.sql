@@ -1,4 +1,4 @@
--- visit_tasks: the follow-up visits of T's local date D, ranked, with their channel (CONTRACT §5).
+-- visit_tasks: the follow-up visits of T's local date D, ranked, with their channel (docs/rules.md §5).
 -- Eligible: int_visit_candidates (trigger, due date, grace, not refunded) whose customer has not opted
 -- out and whose order has no follow-up in ops.messages (status not failed, created <= T).
 -- Tier, from the latest review created <= T: high_value (total_amount >= high_value_amount), bad_review

@@ -1,4 +1,4 @@
--- reminder_calls: a shop's payment-reminder calls (CONTRACT §4, §6: a `remind` on channel 'call' is an
+-- reminder_calls: a shop's payment-reminder calls (docs/rules.md §4, §6: a `remind` on channel 'call' is an
 -- ops.messages row 'queued' until an agent records it), for the page `crm serve`.
 -- state: 'open' (queued, the order still unpaid and not closed, nor past the platform's auto-close at
 -- $now): to call, the soonest to close first; 'settled' (queued, but paid or closed since: nothing to ask);

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -123,15 +124,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def local_server(tmp_path_factory):
-    """`crm server start` as a user would: a real Prefect server on 127.0.0.1."""
-    home = tmp_path_factory.mktemp("srv")
+@contextmanager
+def prefect_server(home: Path, **settings: str):
+    """`crm server start` as a user would: a real Prefect server on 127.0.0.1 (with these Prefect settings in
+    its environment); yields the database path beside which its state file lies."""
     db = home / "crm.duckdb"
-    env = {"PREFECT_API_URL": ""}
+    env = {"PREFECT_API_URL": "", **settings}
     started = crm("--db", str(db), "server", "start", "--port", str(free_port()), env=env)
     assert started.returncode == 0, started.stderr + started.stdout
-    yield db
-    crm("--db", str(db), "server", "stop", env=env)
+    try:
+        yield db
+    finally:
+        crm("--db", str(db), "server", "stop", env=env)
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory):
+    """One real Prefect server for the session's CLI tests."""
+    with prefect_server(tmp_path_factory.mktemp("srv")) as db:
+        yield db
 
 

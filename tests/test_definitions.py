@@ -1,5 +1,6 @@
 """Definitions load: every flow module imports, and every deployment in prefect.yaml names a real
-flow with parameters it accepts, a work pool and valid schedules."""
+flow with parameters it accepts, a work pool and valid schedules. (Whether a server schedules and runs
+them is test_schedules.py's question.)"""
 
 from __future__ import annotations
 

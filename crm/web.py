@@ -1,5 +1,5 @@
 """The agents' page, served by ``crm serve``: pick a shop, work today's follow-up calls in rank order with
-the customer's context and the call script, and record each outcome (CONTRACT §5-§6, issue 6).
+the customer's context and the call script, and record each outcome (docs/rules.md §5-§6, issue 6).
 
 Concurrency with the flows: DuckDB lets one process write a file, and while it does no other process can
 open it. The page therefore never keeps the file open. Every request opens a short connection and closes
@@ -7,6 +7,11 @@ it: reads wait up to ``read_wait`` seconds for a running flow, then fall back to
 flows publish (the page says so); a save waits up to ``write_wait`` seconds for the lock and otherwise
 saves nothing and says so, keeping what the agent typed. A flow that meets the page's connection retries
 for a moment (crm.db.connect), so the page never blocks a flow for longer than one request's query.
+
+Time: the page has one clock (`Workspace.clock`): what is listed today, what counts as done today, whether a
+call-back time is in the future, and the time a save or a "Called" records all come from it. By default it
+is the real time; ``crm serve --as-of T`` starts it at T (demo data, tests). Every time a shop's page shows
+is in the shop's zone, and refusals are worded in the page's language (labels.json, "refusals").
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import hmac
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo
 
@@ -31,14 +37,31 @@ from starlette.routing import Route
 
 from crm.config import Settings
 from crm.db import DatabaseLocked, analytics_path, asset_dir, connect, shop_macros, sql_text
-from transforms.outcomes import CATEGORIES, check, record
+from transforms.outcomes import CATEGORIES, Refusal, check, record
 
 COMPENSATIONS = ("none", "coupon", "free_shipping", "partial_refund", "resend")
 TIERS = ("high_value", "bad_review", "neutral_review", "complaint_in_praise", "other")
+# the page's own refusals (besides transforms.outcomes.ENGLISH): labels.json words each in every language
+PAGE_REFUSALS = ("say_reached", "callback_missing", "callback_bad", "callback_past", "no_call", "no_reminder_call",
+                 "no_such_shop", "busy_write", "busy_read")
+
+
+def real_time() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def clock_from(start: datetime) -> Callable[[], datetime]:
+    """A clock set to `start` that runs on from there (so saves made one after another keep their order)."""
+    began = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - began)
 
 
 class Busy(Exception):
     """The database stayed locked by a flow for longer than the page waits."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal)
+        self.refusal = refusal
 
 
 class Workspace:
@@ -47,9 +70,11 @@ class Workspace:
     holding that turn: each attempt to open the file is a single try, and the waiting between tries is
     done outside it, so reads go on (from the analytics copy) while a save waits for a flow."""
 
-    def __init__(self, db: str | Path, settings: Settings, *, read_wait: float = 0.5, write_wait: float = 15.0):
+    def __init__(self, db: str | Path, settings: Settings, *, read_wait: float = 0.5, write_wait: float = 15.0,
+                 clock: Callable[[], datetime] | None = None):
         self.db, self.settings = Path(db), settings
         self.read_wait, self.write_wait = read_wait, write_wait
+        self.clock, self.clock_is_set = clock or real_time, clock is not None     # the page's one "now"
         self._turn = threading.Lock()
         self._zones = [(s.shop_id, s.timezone) for s in settings.shops]
         self._busy_until = 0.0          # a flow held the file just now: reads go to the copy until then
@@ -97,16 +122,20 @@ class Workspace:
                 self._busy_until = time.monotonic() + 2.0
         copy = analytics_path(self.db)
         if not copy.exists():
-            raise Busy("a flow is writing the database and there is no analytics copy yet")
+            raise Busy(Refusal("busy_read"))
+        # when the copy was published: a real file time (not the page's clock)
         stale = datetime.fromtimestamp(copy.stat().st_mtime, timezone.utc)
-        return self._with(copy, run, read_only=True, wait=self.read_wait), stale
+        try:
+            return self._with(copy, run, read_only=True, wait=self.read_wait), stale
+        except DatabaseLocked:
+            raise Busy(Refusal("busy_read")) from None
 
     def write(self, action):
         """Run ``action(con)`` on a short writing connection; Busy if a flow holds the file too long."""
         try:
             return self._with(self.db, action, read_only=False, wait=self.write_wait)
         except DatabaseLocked:
-            raise Busy(f"a flow is writing the database (waited {self.write_wait:.0f} s)") from None
+            raise Busy(Refusal("busy_write", {"seconds": round(self.write_wait)})) from None
 
 
 def _labels() -> dict:
@@ -134,12 +163,74 @@ class Page:
     def t(self, shop) -> dict:
         return self.labels.get(shop.locale if shop else "en", self.labels["en"])
 
+    def request_locale(self, request: Request) -> str:
+        """The language of a page that belongs to no shop (the index): the first of the browser's
+        Accept-Language we have (zh… → zh-CN, en… → en, by q-value), else the first configured shop's."""
+        ranked = []
+        for position, part in enumerate(request.headers.get("accept-language", "").split(",")):
+            tag, *params = [piece.strip() for piece in part.split(";")]
+            q = 1.0
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip() == "q":
+                    try:
+                        q = float(value)
+                    except ValueError:
+                        q = 0.0
+            if tag and q > 0:
+                ranked.append((-q, position, tag.lower().split("-")[0]))
+        for _, _, language in sorted(ranked):
+            if language == "zh":
+                return "zh-CN"
+            if language == "en":
+                return "en"
+        shops = self.ws.settings.shops
+        return shops[0].locale if shops else "en"
+
+    def say(self, t: dict, shop, refusals) -> str:
+        """Refusals in the page's language: each code's wording in labels.json, its facts in the page's terms
+        (a time in the shop's zone, a category by its label)."""
+        texts = []
+        for refusal in refusals:
+            facts = {}
+            for key, value in refusal.facts.items():
+                if isinstance(value, datetime):
+                    value = self.local(shop, value)
+                elif key == "category":
+                    value = t["categories"].get(value, value)
+                elif key == "field":
+                    value = t["fields"].get(value, value)
+                facts[key] = "" if value is None else value
+            wording = t["refusals"].get(refusal.code)
+            texts.append(wording.format(**facts) if wording else str(refusal))
+        return t["refusal_sep"].join(texts)
+
+    def refused(self, t: dict, shop, refusals) -> str:
+        """A refused save: why, and that nothing was saved."""
+        return t["refused"].format(problems=self.say(t, shop, refusals), nothing_saved=t["nothing_saved"])
+
+    def plain(self, t: dict, shop, refusal: Refusal, status: int) -> PlainTextResponse:
+        return PlainTextResponse(self.say(t, shop, [refusal]), status_code=status)
+
     def html(self, name: str, status: int = 200, **context) -> HTMLResponse:
-        return HTMLResponse(self.env.get_template(name).render(**context), status_code=status)
+        """A page; with a shop, its times are that shop's local times (labelled once with the zone)."""
+        shop, t = context.get("shop"), context["t"]
+        now = self.ws.clock()
+        extra = {"lang": shop.locale if shop else context.get("lang", "en"),
+                 "clock_note": f"{t['clock_set']} {self.local(shop, now)}" if self.ws.clock_is_set else None}
+        if shop:
+            offset = now.astimezone(ZoneInfo(shop.timezone)).strftime("%z")
+            extra["zone"] = t["times_in"].format(zone=shop.timezone, offset=f"UTC{offset[:3]}:{offset[3:]}")
+        return HTMLResponse(self.env.get_template(name).render(**{**extra, **context}), status_code=status)
 
     def local(self, shop, ts: datetime | None) -> str:
+        """A time as the shop's local wall time (with no shop: the first configured shop's, zone named)."""
         if ts is None:
             return ""
+        if shop is None:
+            first = self.ws.settings.shops[0] if self.ws.settings.shops else None
+            zone = first.timezone if first else "UTC"
+            return f"{ts.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M} ({zone})"
         return ts.astimezone(ZoneInfo(shop.timezone)).strftime("%Y-%m-%d %H:%M")
 
     def why(self, shop, call: dict, t: dict) -> str:
@@ -157,35 +248,40 @@ class Page:
         return sql_text("workspace/reminder_calls.sql")
 
     def calls(self, shop, order_id: str | None = None):
-        rows, stale = self.ws.read(self.call_list_sql, shop_id=shop.shop_id, order_id=order_id,
-                                   now=datetime.now(timezone.utc))
+        rows, stale = self.ws.read(self.call_list_sql, shop_id=shop.shop_id, order_id=order_id, now=self.ws.clock())
         return rows, stale
 
     # ---------------------------------------------------------------------------------------------
+    def no_such_shop(self, request: Request) -> Response:
+        return self.plain(self.labels[self.request_locale(request)], None,
+                          Refusal("no_such_shop", {"shop": request.path_params["shop_id"]}), 404)
+
     def index(self, request: Request) -> Response:
-        counts, stale = {}, None
+        locale = self.request_locale(request)
+        t = self.labels[locale]
         try:
             rows, stale = self.ws.read(
                 "SELECT shop_id, count(*) AS n FROM ops.messages WHERE purpose = 'followup' AND channel = 'call' "
                 "AND status = 'queued' GROUP BY shop_id")
-            counts = {r["shop_id"]: r["n"] for r in rows}
         except Busy as e:
-            return PlainTextResponse(str(e), status_code=503)
+            return self.plain(t, None, e.refusal, 503)
+        counts = {r["shop_id"]: r["n"] for r in rows}
         shops = [{"shop": s, "queued": counts.get(s.shop_id, 0)} for s in self.ws.settings.shops]
-        return self.html("index.html.j2", shops=shops, t=self.labels["en"], stale=stale, local=lambda ts: ts.strftime("%Y-%m-%d %H:%M UTC"))
+        return self.html("index.html.j2", shops=shops, t=t, lang=locale, stale=stale,
+                         local=lambda ts: self.local(None, ts))
 
     def shop(self, request: Request) -> Response:
         shop = self.shop_or_404(request.path_params["shop_id"])
         if shop is None:
-            return PlainTextResponse("no such shop", status_code=404)
+            return self.no_such_shop(request)
         t = self.t(shop)
-        now = datetime.now(timezone.utc)
+        now = self.ws.clock()
         try:
             (rows, reminders), stale = self.ws.read_many(
                 (self.call_list_sql, {"shop_id": shop.shop_id, "order_id": None, "now": now}),
                 (self.reminder_calls_sql, {"shop_id": shop.shop_id, "now": now, "per_state": 100}))
         except Busy as e:
-            return PlainTextResponse(str(e), status_code=503)
+            return self.plain(t, shop, e.refusal, 503)
         to_call = [r for r in rows if r["status"] == "queued" and not (r["callback_at"] and r["callback_at"] > now)]
         later = sorted((r for r in rows if r["status"] == "queued" and r["callback_at"] and r["callback_at"] > now),
                        key=lambda r: r["callback_at"])
@@ -201,7 +297,7 @@ class Page:
     def task(self, request: Request) -> Response:
         shop = self.shop_or_404(request.path_params["shop_id"])
         if shop is None:
-            return PlainTextResponse("no such shop", status_code=404)
+            return self.no_such_shop(request)
         return self.task_page(shop, request.path_params["order_id"], request)
 
     def task_page(self, shop, order_id: str, request: Request, *, error: str | None = None,
@@ -210,9 +306,9 @@ class Page:
         try:
             rows, stale = self.calls(shop, order_id)
         except Busy as e:
-            return PlainTextResponse(str(e), status_code=503)
+            return self.plain(t, shop, e.refusal, 503)
         if not rows:
-            return PlainTextResponse(f"no follow-up call for order {order_id} in shop {shop.shop_id}", status_code=404)
+            return self.plain(t, shop, Refusal("no_call", {"order_id": order_id, "shop": shop.shop_id}), 404)
         call = rows[0]
         values = values or {"reached": "", **{c: "n/a" for c in CATEGORIES}, "compensation": "none",
                             "agent": unquote(request.cookies.get("crm_agent", ""))}
@@ -223,7 +319,7 @@ class Page:
     async def save(self, request: Request) -> Response:
         shop = self.shop_or_404(request.path_params["shop_id"])
         if shop is None:
-            return PlainTextResponse("no such shop", status_code=404)
+            return self.no_such_shop(request)
         order_id = request.path_params["order_id"]
         form = await request.form()
         values = {k: str(form.get(k, "")).strip() for k in
@@ -233,15 +329,16 @@ class Page:
         return await run_in_threadpool(self.save_form, shop, order_id, values, request)
 
     def save_form(self, shop, order_id: str, values: dict, request: Request) -> Response:
-        problem, outcome = self.form_outcome(shop, order_id, values)
+        problems, outcome = self.form_outcome(shop, order_id, values)
         status = 422
-        if problem is None:
+        if not problems:
             try:
-                problem = self.ws.write(lambda con: self._record(con, shop, outcome))
+                refusal = self.ws.write(lambda con: self._record(con, shop, outcome))
             except Busy as e:
-                problem, status = str(e), 503
-        if problem:
-            page = self.task_page(shop, order_id, request, error=f"{problem}. {self.t(shop)['nothing_saved']}",
+                refusal, status = e.refusal, 503
+            problems = [refusal] if refusal else []
+        if problems:
+            page = self.task_page(shop, order_id, request, error=self.refused(self.t(shop), shop, problems),
                                   values=values, status=status)
             return self.with_cookie(page, values)
         done = "1" if outcome["reached"] else "0"
@@ -252,7 +349,7 @@ class Page:
         """A payment-reminder call made: the message is `done` (sent_at = when the agent said so)."""
         shop = self.shop_or_404(request.path_params["shop_id"])
         if shop is None:
-            return PlainTextResponse("no such shop", status_code=404)
+            return self.no_such_shop(request)
         order_id = request.path_params["order_id"]
         message_id = f"payment_reminder:{order_id}"
 
@@ -260,14 +357,14 @@ class Page:
             return con.execute(
                 "UPDATE ops.messages SET status = 'done', sent_at = ?, attempts = attempts + 1 "
                 "WHERE message_id = ? AND shop_id = ? AND channel = 'call' AND status = 'queued' RETURNING message_id",
-                [datetime.now(timezone.utc), message_id, shop.shop_id]).fetchall()
+                [self.ws.clock(), message_id, shop.shop_id]).fetchall()
+        t = self.t(shop)
         try:
             changed = self.ws.write(mark)
         except Busy as e:
-            return PlainTextResponse(f"{e}. {self.t(shop)['nothing_saved']}", status_code=503)
+            return PlainTextResponse(self.refused(t, shop, [e.refusal]), status_code=503)
         if not changed:
-            return PlainTextResponse(f"no queued payment-reminder call for order {order_id} in shop {shop.shop_id}",
-                                     status_code=404)
+            return self.plain(t, shop, Refusal("no_reminder_call", {"order_id": order_id, "shop": shop.shop_id}), 404)
         return RedirectResponse(f"/shops/{shop.shop_id}?called={order_id}#reminders", status_code=303)
 
     @staticmethod
@@ -277,37 +374,38 @@ class Page:
             response.set_cookie("crm_agent", quote(values["agent"][:80]), max_age=30 * 86400, samesite="lax")
         return response
 
-    def form_outcome(self, shop, order_id: str, values: dict) -> tuple[str | None, dict | None]:
+    def form_outcome(self, shop, order_id: str, values: dict) -> tuple[list[Refusal], dict | None]:
         """The form as an outcome row for transforms.outcomes.check: the call-back time is the shop's local
-        time; a customer not reached needs one, in the future."""
+        time; a customer not reached needs one, after the page's now."""
         if values["reached"] not in ("true", "false"):
-            return "say whether the customer was reached", None
+            return [Refusal("say_reached")], None
         row = {**values, "order_id": order_id, "recorded_at": None}
         if values["reached"] == "false":
             if not values["callback_at"]:
-                return "not reached: pick a call-back time", None
+                return [Refusal("callback_missing")], None
             try:
                 local_time = datetime.fromisoformat(values["callback_at"])
             except ValueError:
-                return f"call-back time must look like 2026-11-24T15:30, got {values['callback_at']!r}", None
+                return [Refusal("callback_bad", {"value": values["callback_at"]})], None
             if local_time.tzinfo is None:
                 local_time = local_time.replace(tzinfo=ZoneInfo(shop.timezone))
-            if local_time <= datetime.now(timezone.utc):
-                return "the call-back time must be in the future", None
+            now = self.ws.clock()
+            if local_time <= now:
+                return [Refusal("callback_past", {"now": now})], None
             row["callback_at"] = local_time.isoformat()
             for category in CATEGORIES:
                 row[category] = "n/a"
         else:
             row["callback_at"] = ""
-        outcome, problem = check(row)
-        return problem, outcome
+        outcome, problems = check(row)
+        return problems, outcome
 
-    def _record(self, con, shop, outcome: dict) -> str | None:
+    def _record(self, con, shop, outcome: dict) -> Refusal | None:
         belongs = con.execute("SELECT 1 FROM ops.messages WHERE message_id = ? AND shop_id = ? AND channel = 'call'",
                               [f"followup:{outcome['order_id']}", shop.shop_id]).fetchone()
         if belongs is None:
-            return f"order {outcome['order_id']} has no follow-up call in shop {shop.shop_id}"
-        return record(con, self.ws.settings, outcome, datetime.now(timezone.utc))
+            return Refusal("no_call", {"order_id": outcome["order_id"], "shop": shop.shop_id})
+        return record(con, self.ws.settings, outcome, self.ws.clock())
 
 
 class PasswordGate:
@@ -332,8 +430,10 @@ class PasswordGate:
         await self.app(scope, receive, send)
 
 
-def create_app(db: str | Path, settings: Settings, *, password: str | None = None, **waits):
-    page = Page(Workspace(db, settings, **waits))
+def create_app(db: str | Path, settings: Settings, *, password: str | None = None,
+               clock: Callable[[], datetime] | None = None, **waits):
+    """The page's app; `clock` is the page's now (default: the real time; see clock_from)."""
+    page = Page(Workspace(db, settings, clock=clock, **waits))
     app = Starlette(routes=[
         Route("/", page.index),
         Route("/healthz", lambda request: PlainTextResponse("ok")),

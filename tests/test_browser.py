@@ -54,9 +54,9 @@ def test_an_agent_records_a_call_and_sees_it_done(served, page, tmp_path):
     expect(page.locator("pre.script")).to_contain_text("客户2")
     page.screenshot(path=str(tmp_path / "task.png"), full_page=True)
 
-    # saving without saying whether the customer was reached is refused, and nothing is saved
+    # saving without saying whether the customer was reached is refused (in the shop's language), nothing saved
     page.get_by_role("button", name="保存").click()
-    expect(page.get_by_role("alert")).to_contain_text("reached")
+    expect(page.get_by_role("alert")).to_have_text("请选择是否联系上客户。未保存任何内容。")
     assert workspace.statuses(db)["o-bad"] == "queued"
 
     page.get_by_label("已联系上").check()
@@ -88,12 +88,13 @@ def test_an_agent_records_a_call_and_sees_it_done(served, page, tmp_path):
 
 
 def test_a_customer_not_reached_moves_to_call_back_later(served, page):
+    # 15:30 on the page's day (its clock is at T, 11:30 Shanghai): later today, whatever day the tests run
     server, db = served
     page.goto(server.url + "/shops/s1/calls/o-high")
     page.get_by_label("未联系上,稍后回拨").check()
-    page.get_by_label("回拨时间(店铺时间)").fill("2099-01-05T15:30")
+    page.get_by_label("回拨时间(店铺时间)").fill("2026-11-24T15:30")
     page.get_by_role("button", name="保存").click()
     later = page.locator("#later + table tbody tr")
     expect(later).to_have_count(1)
-    expect(later.first).to_contain_text("2099-01-05 15:30")
+    expect(later.first).to_contain_text("回拨时间 2026-11-24 15:30")
     assert workspace.statuses(db)["o-high"] == "queued", "not reached: the call stays queued"

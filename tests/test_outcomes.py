@@ -9,7 +9,7 @@ import pytest
 
 from conftest import crm
 from planning import MIN, configure, local, message, stage
-from transforms.outcomes import OutcomeError, check, gift_refusal, import_file, record
+from transforms.outcomes import OutcomeError, Refusal, check, gift_refusal, import_file, record
 
 NOW = local("2026-11-24 15:00")
 FIELDS = ["order_id", "reached", "quality", "logistics", "packaging", "service", "suggestion", "gift", "compensation",
@@ -29,9 +29,9 @@ def shop(con):
 
 
 def save(con, settings, order_id, *, gift=False, reached=True, when=NOW):
-    outcome, problem = check({"order_id": order_id, "reached": str(reached), "quality": "good", "logistics": "good",
-                              "packaging": "good", "service": "good", "gift": str(gift)})
-    assert problem is None
+    outcome, problems = check({"order_id": order_id, "reached": str(reached), "quality": "good", "logistics": "good",
+                               "packaging": "good", "service": "good", "gift": str(gift)})
+    assert problems == []
     return record(con, settings, outcome, when)
 
 
@@ -41,12 +41,15 @@ def test_gift_ratio_at_its_boundary(shop):
     for i in (1, 2):
         assert save(con, settings, f"o{i}") is None
     # 1 gift in 3 reached: a second gift would make 2 in 4 = 50% > 25%
-    assert "gift refused" in save(con, settings, "o3", gift=True)
+    assert save(con, settings, "o3", gift=True) == Refusal("gift_refused", {"gifts": 2, "reached": 4, "share": 0.5,
+                                                                           "ratio": 0.25})
     for i in (3, 4, 5, 6):
         assert save(con, settings, f"o{i}") is None
     # 1 gift in 7 reached: a second gift makes 2 in 8 = 25%, not above: allowed
     assert save(con, settings, "o7", gift=True) is None
-    assert "gift refused" in save(con, settings, "o8", gift=True), "3 in 9 = 33% is above"
+    refused = save(con, settings, "o8", gift=True)
+    assert str(refused) == ("gift refused: it would make 3 gifts in 9 reached visits this month (33%), above the "
+                            "shop's gift_ratio of 25%"), "3 in 9 = 33% is above"
     assert con.execute("SELECT count(*) FILTER (WHERE gift) FROM ops.visit_outcomes").fetchone()[0] == 2
 
 

@@ -1,20 +1,26 @@
 """A real DuckDB file with follow-up calls queued for agents, for the page tests: one Shanghai shop, six
 orders delivered seven days before T (due today), capacity 4 calls; the rest go to nobody (auto_channel
-'none'), so no gateway is needed. Made by the real pipeline: staged rows, then a dispatch at T."""
+'none'), so no gateway is needed. Made by the real pipeline: staged rows, then a dispatch at T. `Served` starts
+`crm serve` with its clock set to T (`--as-of`), so what the page shows does not depend on the day tests run."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 from conftest import BIN, free_port
 from crm.config import load_settings
 from crm.db import connect, publish_snapshot, session
+from crm.web import clock_from, create_app
 from planning import local, stage
 from transforms.dispatch import dispatch
 from transforms.validate import validate_outbox
@@ -30,6 +36,7 @@ CONFIG = """
 shop_id = "s1"
 name = "萌宠小铺"
 timezone = "Asia/Shanghai"
+locale = "{locale}"
 [shops.reminders]
 channels = {{ new = "call" }}
 [shops.visits]
@@ -51,10 +58,10 @@ ORDERS = [
 ]
 
 
-def make(folder: Path, *, capacity: int = 4, db: Path | None = None) -> tuple[Path, Path]:
+def make(folder: Path, *, capacity: int = 4, db: Path | None = None, locale: str = "zh-CN") -> tuple[Path, Path]:
     """(db, config) with `capacity` follow-up calls queued at T, and the analytics copy published."""
     config = folder / "shops.toml"
-    config.write_text(CONFIG.format(capacity=capacity), encoding="utf-8")
+    config.write_text(CONFIG.format(capacity=capacity, locale=locale), encoding="utf-8")
     db = db or folder / "crm.duckdb"
     settings = load_settings(config)
     with session(db, settings) as con:
@@ -82,13 +89,14 @@ def make(folder: Path, *, capacity: int = 4, db: Path | None = None) -> tuple[Pa
 
 
 class Served:
-    """`crm serve` as a user starts it, in its own process."""
+    """`crm serve` as a user starts it, in its own process, its clock set to `as_of` (None: the real time)."""
 
-    def __init__(self, db: Path, config: Path, *args: str, env: dict | None = None):
+    def __init__(self, db: Path, config: Path, *args: str, env: dict | None = None, as_of: datetime | None = T):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CRM_DB": str(db), "CRM_CONFIG": str(config), **(env or {})}
-        self.proc = subprocess.Popen([str(BIN), "serve", "--port", str(self.port), *args], cwd=ROOT, env=env,
+        clock = ["--as-of", as_of.isoformat()] if as_of else []
+        self.proc = subprocess.Popen([str(BIN), "serve", "--port", str(self.port), *clock, *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -109,6 +117,28 @@ class Served:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+@contextmanager
+def served_here(db: Path, config: Path, *, as_of: datetime = T, **waits):
+    """The page's app served by uvicorn in this process (a thread), on 127.0.0.1, its clock set to `as_of`:
+    for the waits `crm serve` has no option for (e.g. a short `write_wait`). Yields the base URL."""
+    app = create_app(db, load_settings(config), clock=clock_from(as_of), **waits)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        raise RuntimeError("the page did not start in this process")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def statuses(db: Path) -> dict[str, str]:

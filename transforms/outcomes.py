@@ -1,4 +1,4 @@
-"""Visit outcomes: check and record what agents report (CONTRACT §5), one at a time from the page or in
+"""Visit outcomes: check and record what agents report (docs/rules.md §5), one at a time from the page or in
 bulk from a call-centre export (``crm visits import FILE.csv``).
 
 An outcome is for an order that has a follow-up visit planned. Reached or not; when reached, each of
@@ -7,6 +7,9 @@ gift (granted or not) and a compensation (``none``, ``coupon``, ``free_shipping`
 when it would lift the shop's share of gifts among its reached visits in the local month above
 ``gift_ratio``; the month's first gift is always allowed. Recording a reached outcome marks the call
 task ``done``; a customer not reached keeps the task queued (with a call-back time when given).
+
+A refusal is a `Refusal`: a code and its facts. ``str()`` words it in English (the import's report, the
+``ENGLISH`` table below); the page words the same code in the shop's language (templates/web/labels.json).
 """
 
 from __future__ import annotations
@@ -25,6 +28,40 @@ CATEGORIES = ("quality", "logistics", "packaging", "service")
 CATEGORY_VALUES = ("good", "issue", "n/a")
 _TRUE, _FALSE = {"true", "yes", "y", "1", "t", "是"}, {"false", "no", "n", "0", "f", "否", ""}
 _COMPENSATION = re.compile(r"^[a-z][a-z_]*$")
+
+
+# the English wording of every refusal, for `crm visits import` (the page has its own, in both languages)
+ENGLISH = {
+    "missing_order_id": "missing order_id",
+    "reached_bad": "reached must be true or false, got {value!r}",
+    "reached_missing": "reached is missing: say true or false",
+    "category_bad": "{category} must be good, issue or n/a, got {value!r}",
+    "gift_bad": "gift must be true or false, got {value!r}",
+    "compensation_bad": "compensation must be a word like none, coupon, free_shipping, got {value!r}",
+    "gift_needs_reached": "a gift or compensation needs a reached customer",
+    "time_bad": "{field} must be ISO 8601 with an offset, got {value!r}",
+    "no_visit": "order {order_id!r} has no follow-up visit planned",
+    "already_recorded": "order {order_id!r} was already recorded as reached at {at:%Y-%m-%d %H:%M %Z}",
+    "gift_refused": "gift refused: it would make {gifts} gifts in {reached} reached visits this month ({share:.0%}), "
+                    "above the shop's gift_ratio of {ratio:.0%}",
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an outcome is refused: a code (a key of ENGLISH, or one of the page's own) and its facts."""
+
+    code: str
+    facts: dict = field(default_factory=dict, hash=False)
+
+    def __str__(self) -> str:
+        text = ENGLISH.get(self.code)
+        return text.format(**self.facts) if text else f"{self.code} {self.facts}"
+
+
+def english(refusals) -> str:
+    """Several refusals as one English line."""
+    return "; ".join(str(r) for r in refusals)
 
 
 class OutcomeError(Exception):
@@ -53,43 +90,43 @@ def _time(text: str | None) -> datetime | None | str:
     return parsed.astimezone(timezone.utc) if parsed.tzinfo else "naive"
 
 
-def check(row: dict) -> tuple[dict | None, str | None]:
-    """One outcome's fields: the cleaned record, or the reason it is refused."""
+def check(row: dict) -> tuple[dict | None, list[Refusal]]:
+    """One outcome's fields: the cleaned record and no refusals, or None and every reason it is refused."""
     problems = []
     order_id = (row.get("order_id") or "").strip()
     if not order_id:
-        problems.append("missing order_id")
+        problems.append(Refusal("missing_order_id"))
     # reached must be said; a blank gift means no gift
     reached = _bool(row.get("reached")) if (row.get("reached") or "").strip() else None
     if reached is None:
-        problems.append(f"reached must be true or false, got {row.get('reached')!r}" if (row.get("reached") or "").strip()
-                        else "reached is missing: say true or false")
+        problems.append(Refusal("reached_bad", {"value": row.get("reached")}) if (row.get("reached") or "").strip()
+                        else Refusal("reached_missing"))
     values = {}
     for category in CATEGORIES:
         value = (row.get(category) or "").strip().lower() or ("n/a" if reached is False else "")
         if value not in CATEGORY_VALUES:
-            problems.append(f"{category} must be good, issue or n/a, got {row.get(category)!r}")
+            problems.append(Refusal("category_bad", {"category": category, "value": row.get(category)}))
         values[category] = value
     gift = _bool(row.get("gift"))
     if gift is None:
-        problems.append(f"gift must be true or false, got {row.get('gift')!r}")
+        problems.append(Refusal("gift_bad", {"value": row.get("gift")}))
     compensation = (row.get("compensation") or "").strip().lower() or "none"
     if not _COMPENSATION.match(compensation):
-        problems.append(f"compensation must be a word like none, coupon, free_shipping, got {row.get('compensation')!r}")
+        problems.append(Refusal("compensation_bad", {"value": row.get("compensation")}))
     if reached is False and (gift or compensation != "none"):
-        problems.append("a gift or compensation needs a reached customer")
+        problems.append(Refusal("gift_needs_reached"))
     times = {}
     for name in ("recorded_at", "callback_at"):
         value = _time(row.get(name))
         if value in ("bad", "naive"):
-            problems.append(f"{name} must be ISO 8601 with an offset, got {row.get(name)!r}")
+            problems.append(Refusal("time_bad", {"field": name, "value": row.get(name)}))
         times[name] = value if isinstance(value, datetime) else None
     if problems:
-        return None, "; ".join(problems)
+        return None, problems
     suggestion = (row.get("suggestion") or "").strip() or None
     return {"order_id": order_id, "reached": reached, **values, "suggestion": suggestion, "gift": bool(gift),
             "compensation": compensation, "recorded_at": times["recorded_at"], "callback_at": times["callback_at"],
-            "agent": (row.get("agent") or "").strip() or None}, None
+            "agent": (row.get("agent") or "").strip() or None}, []
 
 
 def _month_counts(con, shop_id: str, when: datetime) -> tuple[int, int]:
@@ -102,28 +139,28 @@ def _month_counts(con, shop_id: str, when: datetime) -> tuple[int, int]:
     ).fetchone()
 
 
-def gift_refusal(con, shop_id: str, when: datetime, gift_ratio: float) -> str | None:
+def gift_refusal(con, shop_id: str, when: datetime, gift_ratio: float) -> Refusal | None:
     """Why a gift recorded now would be refused, or None. The month's first gift is always allowed."""
     reached, gifts = _month_counts(con, shop_id, when)
     if gifts == 0:
         return None
     share = (gifts + 1) / (reached + 1)
     if share > gift_ratio:
-        return (f"gift refused: it would make {gifts + 1} gifts in {reached + 1} reached visits this month "
-                f"({share:.0%}), above the shop's gift_ratio of {gift_ratio:.0%}")
+        return Refusal("gift_refused", {"gifts": gifts + 1, "reached": reached + 1, "share": share,
+                                        "ratio": gift_ratio})
     return None
 
 
-def record(con: duckdb.DuckDBPyConnection, settings, outcome: dict, now: datetime) -> str | None:
+def record(con: duckdb.DuckDBPyConnection, settings, outcome: dict, now: datetime) -> Refusal | None:
     """Check one cleaned outcome against the plan and the gift rule and save it; the reason if refused."""
     task = con.execute("SELECT shop_id FROM marts.visit_tasks WHERE order_id = ? LIMIT 1", [outcome["order_id"]]).fetchone()
     if task is None:
-        return f"order {outcome['order_id']!r} has no follow-up visit planned"
+        return Refusal("no_visit", {"order_id": outcome["order_id"]})
     shop_id = task[0]
     done = con.execute("SELECT recorded_at FROM ops.visit_outcomes WHERE order_id = ? AND reached "
                        "ORDER BY recorded_at LIMIT 1", [outcome["order_id"]]).fetchone()
     if done is not None:
-        return f"order {outcome['order_id']!r} was already recorded as reached at {done[0]:%Y-%m-%d %H:%M %Z}"
+        return Refusal("already_recorded", {"order_id": outcome["order_id"], "at": done[0]})
     when = outcome["recorded_at"] or now
     if outcome["gift"]:
         refusal = gift_refusal(con, shop_id, when, settings.shop(shop_id).visits.gift_ratio)
@@ -159,11 +196,12 @@ def import_file(con: duckdb.DuckDBPyConnection, settings, path: str | Path, now:
     result = ImportResult()
     # rows in file order: each gift is judged against the month as it stands, this file's earlier rows included
     for line, row in enumerate(frame.iter_rows(named=True), start=2):
-        outcome, problem = check(row)
-        if problem is None:
-            problem = record(con, settings, outcome, now)
-        if problem:
-            result.errors.append((line, problem))
+        outcome, problems = check(row)
+        if not problems:
+            refusal = record(con, settings, outcome, now)
+            problems = [refusal] if refusal else []
+        if problems:
+            result.errors.append((line, english(problems)))
         else:
             result.saved += 1
     return result

@@ -67,6 +67,11 @@ def test_missing_and_broken_templates(tmp_path):
 @pytest.mark.parametrize("text,parts", [
     ("a" * 160, 1), ("a" * 161, 2), ("a" * 306, 2), ("a" * 307, 3), ("{" * 80, 1), ("{" * 81, 2),
     ("中" * 70, 1), ("中" * 71, 2), ("中" * 134, 2), ("中" * 135, 3), ("a" * 69 + "中", 1),
+    # outside the BMP (an emoji, a rare CJK character) a character is 2 UCS-2 units
+    ("😀" * 35, 1), ("😀" * 35 + "a", 2), ("𠮷" * 35, 1), ("𠮷" * 36, 2),
+    # 【】 and full-width punctuation are not GSM: they make the whole SMS UCS-2
+    ("【" + "a" * 69, 1), ("【" + "a" * 70, 2), ("a" * 69 + "，", 1), ("a" * 70 + "，", 2), ("a" * 70 + "！", 2),
+    ("Zoë" + "a" * 67, 1), ("Zoë" + "a" * 68, 2), ("£¥èé" + "a" * 156, 1),
 ])
 def test_sms_segments(text, parts):
     assert sms_segments(text) == parts

@@ -1,5 +1,5 @@
 """Feedback report flow: one HTML report per shop for a local day or ISO week, written to a file and
-optionally e-mailed to the shop's team (CONTRACT §8). Thin: the logic is in transforms/report.py."""
+optionally e-mailed to the shop's team (docs/rules.md §8). Thin: the logic is in transforms/report.py."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def shop_report(shop_id: str, period: str, date: str | None, as_of: datetime, db
     path = write(html, output_path(out, db, report, several=several))
     summary = {"shop_id": shop_id, "period": period, "start": report.start.isoformat(), "end": report.end.isoformat(),
                "path": str(path), "visits_planned": report.visits_planned, "reached": report.reached,
+               "calls_planned": report.calls_planned, "calls_attempted": report.calls_attempted,
                "suggestions": report.suggestion_count, "reminded": report.reminded,
+               "reminded_known": report.reminded_known,
                "seconds": {k: round(v, 3) for k, v in report.seconds.items()}, "sent": "not_asked",
                "recipient": None, "error": None}
     if send:
@@ -59,14 +61,19 @@ def report_flow(shop: str | None = None, period: str = "week", date: str | None 
         r = shop_report(s.shop_id, period, date, t, db, config, out, len(shops) > 1, send)
         reports.append(r)
         progress.step(f"{i + 1}/{len(shops)} shops")
-        logger.info("feedback report %s %s %s..%s: %d visits planned, %d reached, %d suggestions, %d reminded; "
-                    "written to %s (%.2f s gather, %.2f s chart, %.3f s render)", r["shop_id"], period, r["start"],
-                    r["end"], r["visits_planned"], r["reached"], r["suggestions"], r["reminded"], r["path"],
-                    r["seconds"].get("gather", 0), r["seconds"].get("chart", 0), r["seconds"].get("render", 0))
+        logger.info("feedback report %s %s %s..%s: %d visits planned, %d reached of %d calls made (%d planned), "
+                    "%d suggestions, %d reminded (%d with a known outcome); written to %s "
+                    "(%.2f s gather, %.2f s chart, %.3f s render)", r["shop_id"], period, r["start"], r["end"],
+                    r["visits_planned"], r["reached"], r["calls_attempted"], r["calls_planned"], r["suggestions"],
+                    r["reminded"], r["reminded_known"], r["path"], r["seconds"].get("gather", 0),
+                    r["seconds"].get("chart", 0), r["seconds"].get("render", 0))
         if r["sent"] == "no_team_email":
             logger.warning("feedback report %s not sent: the shop has no team_email", r["shop_id"])
         elif r["sent"] == "failed":
             logger.warning("feedback report %s to %s failed: %s", r["shop_id"], r["recipient"], r["error"])
+        elif r["sent"] == "queued":
+            logger.warning("feedback report %s to %s not sent yet (the SMTP server could not be reached), it stays "
+                           "queued: %s", r["shop_id"], r["recipient"], r["error"])
         elif r["sent"] != "not_asked":
             logger.info("feedback report %s to %s: %s", r["shop_id"], r["recipient"], r["sent"].replace("_", " "))
     return {"period": period, "as_of": t.isoformat(), "reports": reports}

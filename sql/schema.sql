@@ -180,16 +180,36 @@ CREATE TABLE IF NOT EXISTS ops.visit_outcomes (
     message_id      VARCHAR                   -- the call task it closes
 );
 
--- CONTRACT §8: written by a plan at the newest T (as_of), rebuilt whole
+-- docs/rules.md §8: written by a plan at the newest T (as_of), rebuilt whole
 CREATE TABLE IF NOT EXISTS marts.feedback_summary (
     as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, period VARCHAR NOT NULL, period_start DATE NOT NULL,
     visits_planned BIGINT NOT NULL, reached BIGINT NOT NULL,
     quality_issues BIGINT NOT NULL, logistics_issues BIGINT NOT NULL, packaging_issues BIGINT NOT NULL,
-    service_issues BIGINT NOT NULL, gifts BIGINT NOT NULL, compensations BIGINT NOT NULL, suggestions BIGINT NOT NULL
+    service_issues BIGINT NOT NULL, gifts BIGINT NOT NULL, compensations BIGINT NOT NULL, suggestions BIGINT NOT NULL,
+    -- reach per channel: visits planned by channel, calls an agent recorded, automatic follow-ups sent
+    calls_planned BIGINT NOT NULL, sms_planned BIGINT NOT NULL, email_planned BIGINT NOT NULL,
+    no_channel_planned BIGINT NOT NULL, calls_attempted BIGINT NOT NULL, sms_sent BIGINT NOT NULL,
+    email_sent BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS marts.reminder_effect (
     as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, day DATE NOT NULL,
     orders_reminded BIGINT NOT NULL, reminded_paid_before_close BIGINT NOT NULL,
     recovered_amount DECIMAL(18, 2) NOT NULL,
-    orders_held_out BIGINT NOT NULL, held_out_paid_before_close BIGINT NOT NULL
+    orders_held_out BIGINT NOT NULL, held_out_paid_before_close BIGINT NOT NULL,
+    -- outcome known at T (paid, closed or past auto-close) or still open; reminders planned but not made
+    orders_reminded_known BIGINT NOT NULL, orders_reminded_open BIGINT NOT NULL, reminders_not_made BIGINT NOT NULL,
+    orders_held_out_known BIGINT NOT NULL, orders_held_out_open BIGINT NOT NULL
 );
+-- their columns added after the first release (no-ops on a new file; a plan rebuilds both tables whole)
+ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS calls_planned BIGINT DEFAULT 0;
+ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS sms_planned BIGINT DEFAULT 0;
+ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS email_planned BIGINT DEFAULT 0;
+ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS no_channel_planned BIGINT DEFAULT 0;
+ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS calls_attempted BIGINT DEFAULT 0;
+ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS sms_sent BIGINT DEFAULT 0;
+ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS email_sent BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_reminded_known BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_reminded_open BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS reminders_not_made BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_held_out_known BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_held_out_open BIGINT DEFAULT 0;

@@ -1,4 +1,4 @@
-"""The feedback report (issue 6, CONTRACT §8): numbers on given rows, the inline chart (an empty day too),
+"""The feedback report (issue 6, docs/rules.md §8): numbers on given rows, the inline chart (an empty day too),
 sending once to the team over a real SMTP server through the real command, one-line errors, and its
 weekly deployment."""
 
@@ -41,9 +41,9 @@ def outcome(con, order_id, recorded_at, *, reached=True, quality="good", logisti
                 [order_id, reached, quality, logistics, packaging, service, suggestion, gift, compensation, recorded_at])
 
 
-def task(con, order_id, as_of):
+def task(con, order_id, as_of, channel="call"):
     con.execute("INSERT INTO marts.visit_tasks (as_of, shop_id, order_id, customer_id, tier, rank, channel, due_at) "
-                "VALUES (?, 's1', ?, 'c1', 'other', 1, 'call', ?)", [as_of, order_id, as_of])
+                "VALUES (?, 's1', ?, 'c1', 'other', 1, ?, ?)", [as_of, order_id, channel, as_of])
 
 
 def holdout(con, order_id, as_of):
@@ -71,17 +71,27 @@ def build(db: Path, settings, *, rows: bool = True) -> None:
         outcome(con, "e", local("2026-11-24 11:20"), reached=False, quality="n/a", logistics="n/a", packaging="n/a",
                 service="n/a")
         outcome(con, "b", T + MIN, service="issue", suggestion="after T")          # not yet at T
-        # payment reminders: r1 paid before close, r2 not; held out h1 paid, h2 and h3 not; r0 on Monday, paid
+        # payment reminders on Tuesday (T is before the platform auto-closes Tuesday 10:00's orders): r1 paid
+        # before close, r2 closed unpaid, r3 still open (not counted yet), r6 called by an agent and paid; r4's
+        # call nobody made and r5's failed SMS are no reminders. Held out: h1 paid, h2 auto-closed unpaid, h3
+        # still open. r0 on Monday, paid.
         created = local("2026-11-24 10:00")
         stage(con, "orders",
               {"order_id": "r1", "created_at": created, "paid_at": created + 60 * MIN, "total_amount": Decimal("120.50")},
-              {"order_id": "r2", "created_at": created},
+              {"order_id": "r2", "created_at": created, "closed_at": created + 600 * MIN},
+              {"order_id": "r3", "created_at": created},
+              {"order_id": "r4", "created_at": created, "paid_at": created + 60 * MIN},
+              {"order_id": "r5", "created_at": created},
+              {"order_id": "r6", "created_at": created, "paid_at": created + 90 * MIN, "total_amount": Decimal("30")},
               {"order_id": "h1", "created_at": created, "paid_at": created + 30 * MIN, "total_amount": Decimal("80")},
-              {"order_id": "h2", "created_at": created}, {"order_id": "h3", "created_at": created},
+              {"order_id": "h2", "created_at": created - 90 * MIN}, {"order_id": "h3", "created_at": created},
               {"order_id": "r0", "created_at": created - 1440 * MIN, "paid_at": created - 1380 * MIN,
                "total_amount": Decimal("50")})
-        for order_id in ("r1", "r2"):
+        for order_id in ("r1", "r2", "r3"):
             message(con, f"payment_reminder:{order_id}", "payment_reminder", order_id, created + 15 * MIN)
+        message(con, "payment_reminder:r4", "payment_reminder", "r4", created + 15 * MIN, channel="call", status="queued")
+        message(con, "payment_reminder:r5", "payment_reminder", "r5", created + 15 * MIN, status="failed")
+        message(con, "payment_reminder:r6", "payment_reminder", "r6", created + 15 * MIN, channel="call", status="done")
         message(con, "payment_reminder:r0", "payment_reminder", "r0", created - 1425 * MIN)
         for order_id in ("h1", "h2", "h3"):
             holdout(con, order_id, created + 20 * MIN)
@@ -133,10 +143,21 @@ def test_day_report_numbers_chart_and_escaped_suggestions(db):
     assert "Pet &lt;Shop&gt;" in page and "<Shop>" not in page
     for word in ("old words", "Monday's words", "after T"):
         assert word not in page
-    # the reminders' effect on Tuesday: r1 of r1, r2 paid; h1 of h1-h3
-    assert (got["reminded"], got["reminded_paid"], got["reminded_paid_rate"]) == ("2", "1", "50.0%")
-    assert (got["held_out"], got["held_out_paid"], got["held_out_paid_rate"]) == ("3", "1", "33.3%")
-    assert (got["paid_rate_difference"], got["recovered_amount"]) == ("+16.7", "120.50")
+    # reach: of the calls agents made (a, b, c, e), not of every visit planned
+    assert (got["call_planned"], got["call_made"], got["sms_planned"], got["none_planned"]) == ("4", "4", "0", "0")
+    assert got["calls_sentence"] == "Calls: 3 reached of 4 made by agents; 4 planned."
+    # the reminders' effect on Tuesday, counted on orders whose outcome is known at T: r1, r6 of r1, r2, r6
+    # paid (r3 still open; r4, r5 not reminded); h1 of h1, h2 (h3 still open)
+    assert (got["reminded_known"], got["reminded_paid"], got["reminded_paid_rate"], got["reminded_open"]) == (
+        "3", "2", "66.7%", "1")
+    assert (got["held_out_known"], got["held_out_paid"], got["held_out_paid_rate"], got["held_out_open"]) == (
+        "2", "1", "50.0%", "1")
+    assert (got["paid_rate_difference"], got["recovered_amount"]) == ("+16.7", "150.50")
+    assert got["effect_counted"] == ("Counted: orders whose outcome is known at 2026-11-25 09:00 — paid, closed, "
+                                     "or past the platform's auto-close.")
+    assert got["effect_open"] == "Not counted yet (still open): 1 reminded and 1 held-out orders."
+    assert got["effect_not_made"].startswith("Not counted as reminded: 2 reminders not made")
+    assert (report.reminded, report.reminders_not_made) == (4, 2), "r1, r2, r3, r6 reminded; r4, r5 not made"
     # the chart: inline SVG, one bar label per category with its rate
     texts = svg_texts(page)
     assert {"Quality", "Logistics", "Packaging", "Service", "Issue rate among reached customers"} <= set(texts)
@@ -155,7 +176,8 @@ def test_week_report_sums_its_days(db):
     assert (got["visits_planned"], got["reached"]) == ("5", "4")
     assert (got["quality_issues"], got["quality_rate"]) == ("2", "50.0%")
     assert got["suggestions"] == "3"
-    assert (got["reminded"], got["reminded_paid"], got["recovered_amount"]) == ("3", "2", "170.50")
+    assert (got["reminded_known"], got["reminded_paid"], got["recovered_amount"]) == ("4", "3", "200.50")
+    assert (got["reminded_open"], got["held_out_known"], got["held_out_open"]) == ("1", "2", "1")
     assert report.message_id == "feedback_summary:s1:week:2026-11-23"
 
 
@@ -169,10 +191,42 @@ def test_an_empty_day_renders_with_its_chart_and_a_note(db):
     assert all(got[f"{c}_rate"] == "–" for c in ("quality", "logistics", "packaging", "service"))
     assert (got["reminded_paid_rate"], got["held_out_paid_rate"], got["recovered_amount"]) == ("–", "–", "0.00")
     assert got["no_reached"] == "本期没有联系上的回访"
+    assert got["calls_sentence"] == "电话：坐席已拨打 0 通，接通 0 通；计划 0 通。"
+    assert got["effect_counted"].startswith("计入：截至 2026-11-25 09:00 结果已确定的订单")
+    assert got["effect_open"] == "暂不计入（仍未结束）：已催付 0 单，对照组 0 单。"
     texts = svg_texts(page)
     assert {"质量", "物流", "包装", "服务", "本期没有联系上的回访"} <= set(texts), "the chart is drawn, labelled, with the note"
     assert 'lang="zh-CN"' in page and "萌宠小铺" in page
     assert_self_contained(page)
+
+
+def test_reach_rate_is_of_the_calls_agents_made(db):
+    """2 of 3 calls made reached, 500 SMS follow-ups planned: the report says 66.7 % of calls made, not
+    2 / 504 visits planned (0.4 %)."""
+    settings = settings_for()
+    build(db, settings, rows=False)
+    con = connect(db)
+    at = local("2026-11-24 11:00")
+    stage(con, "orders", *({"order_id": o, "created_at": local("2026-11-20 10:00")} for o in ("k1", "k2", "k3", "k4")))
+    for o in ("k1", "k2", "k3", "k4"):              # 4 calls planned, k4 not made yet
+        task(con, o, at)
+    con.execute("INSERT INTO marts.visit_tasks (as_of, shop_id, order_id, customer_id, tier, rank, channel, due_at) "
+                "SELECT ?, 's1', 'sms' || i, 'c1', 'other', 5 + i, 'sms', ? FROM range(500) AS r(i)", [at, at])
+    con.execute("INSERT INTO ops.messages (message_id, purpose, shop_id, order_id, customer_id, channel, status, "
+                "attempts, created_at) SELECT 'followup:sms' || i, 'followup', 's1', 'sms' || i, 'c1', 'sms', "
+                "CASE WHEN i < 480 THEN 'sent' ELSE 'failed' END, 1, ? FROM range(500) AS r(i)", [at])
+    outcome(con, "k1", at + 10 * MIN)
+    outcome(con, "k2", at + 20 * MIN, reached=False, quality="n/a", logistics="n/a", packaging="n/a", service="n/a")
+    outcome(con, "k3", at + 30 * MIN)
+    con.close()
+    report = gather(db, settings, "s1", "day", "2026-11-24", T)
+    page = render(report)
+    got = one(page)
+    assert (got["visits_planned"], got["reached"], got["reach_rate"]) == ("504", "2", "66.7%")
+    assert got["calls_sentence"] == "Calls: 2 reached of 3 made by agents; 4 planned."
+    assert (got["call_planned"], got["call_made"]) == ("4", "3")
+    assert (got["sms_planned"], got["sms_made"], got["email_planned"], got["email_made"]) == ("500", "480", "0", "0")
+    assert "0.4%" not in page
 
 
 def test_default_period_is_the_last_complete_one_in_the_shops_zone(db):
@@ -301,7 +355,7 @@ def test_send_emails_the_report_once(local_server, tmp_path):
         controller.stop()
 
 
-def test_a_failed_send_is_recorded_and_the_next_try_sends_it(db, tmp_path):
+def test_a_send_to_an_smtp_server_that_is_down_stays_queued_and_the_next_try_sends_it(db, tmp_path):
     from crm.config import load_settings
     from gateway import closed_port_url
     from transforms.report import send_report
@@ -311,7 +365,7 @@ def test_a_failed_send_is_recorded_and_the_next_try_sends_it(db, tmp_path):
     build(db, settings, rows=False)
     report = gather(db, settings, "s1", "day", "2026-11-24", T)
     first = send_report(db, settings, report, render(report))
-    assert (first.status, first.attempts, first.recipient) == ("failed", 2, "t***@p***")
+    assert (first.status, first.attempts, first.recipient) == ("queued", 2, "t***@p***")
     controller, box = start_smtp()
     try:
         settings = load_settings(config_file(tmp_path / "up.toml", controller.port))

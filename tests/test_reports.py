@@ -1,12 +1,14 @@
-"""marts.feedback_summary and marts.reminder_effect (CONTRACT §8) on given rows, written by the plan."""
+"""marts.feedback_summary and marts.reminder_effect (docs/rules.md §8) on given rows, written by the plan."""
 
 from __future__ import annotations
 
 from datetime import date, timedelta
 from decimal import Decimal
 
+import duckdb
 import pytest
 
+from crm.db import connect
 from planning import MIN, configure, local, message, stage
 from transforms.plan import plan
 
@@ -25,6 +27,24 @@ def outcome(con, order_id, recorded_at, *, reached=True, quality="good", logisti
     con.execute("INSERT INTO ops.visit_outcomes (order_id, reached, quality, logistics, packaging, service, suggestion, "
                 "gift, compensation, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [order_id, reached, quality, logistics, packaging, service, suggestion, gift, compensation, recorded_at])
+
+
+def task(con, order_id, as_of, channel="call", shop_id="s1"):
+    con.execute("INSERT INTO marts.visit_tasks (as_of, shop_id, order_id, customer_id, tier, rank, channel, due_at) "
+                "VALUES (?, ?, ?, 'c1', 'other', 1, ?, ?)", [as_of, shop_id, order_id, channel, as_of])
+
+
+def holdout(con, order_id, as_of, shop_id="s1"):
+    con.execute("INSERT INTO marts.reminder_decisions (as_of, shop_id, order_id, customer_id, segment, decision, reason) "
+                "VALUES (?, ?, ?, 'c1', 'new', 'skip', 'holdout')", [as_of, shop_id, order_id])
+
+
+def rows(con, table, columns, order="1"):
+    """{key: (columns...)} of a mart: key = (period, period_start) or day."""
+    key = "period, period_start" if table == "feedback_summary" else "day"
+    found = con.execute(f"SELECT {key}, {', '.join(columns)} FROM marts.{table} ORDER BY {key}").fetchall()
+    width = 2 if table == "feedback_summary" else 1
+    return {(r[:width] if width > 1 else r[0]): r[width:] for r in found}
 
 
 def summary(con):
@@ -56,6 +76,45 @@ def test_feedback_summary_by_day_and_week(shop):
     assert got[("day", wednesday)] == (1, 1, 0, 0, 0, 1, 0, 0, 0)
     assert got[("week", week)] == (3, 3, 1, 1, 1, 1, 1, 1, 1)
     assert len(got) == 3
+    # a's not-reached call and its reached call back are one call made on Monday
+    attempted = rows(shop, "feedback_summary", ["calls_planned", "calls_attempted", "reached"])
+    assert attempted == {("day", monday): (2, 2, 2), ("day", wednesday): (1, 1, 1), ("week", week): (3, 3, 3)}
+
+
+def test_feedback_summary_reach_per_channel(shop):
+    monday, tuesday = local("2026-11-23 11:00"), local("2026-11-24 11:00")
+    for o in ("k1", "k2", "k3"):                   # an outcome's shop is its order's
+        stage(shop, "orders", {"order_id": o, "created_at": local("2026-11-01 10:00")})
+    # Monday: 3 calls planned (k1 first planned as an SMS, then a call: its latest task counts), 2 SMS, 1 email,
+    # 1 without a usable contact
+    task(shop, "k1", monday - 60 * MIN, "sms")
+    for o in ("k1", "k2", "k3"):
+        task(shop, o, monday)
+    for o in ("s1o", "s2o"):
+        task(shop, o, monday, "sms")
+    task(shop, "e1o", monday, "email")
+    task(shop, "n1o", monday, None)
+    # agents called k1 (not reached) and k2 (reached); k3 not called yet
+    outcome(shop, "k1", monday + 30 * MIN, reached=False, quality="n/a", logistics="n/a", service="n/a")
+    outcome(shop, "k2", monday + 40 * MIN)
+    # follow-ups: s1o sent, s2o failed, e1o sent; on Tuesday s3o planned and sent, k3 called back and reached
+    message(shop, "followup:s1o", "followup", "s1o", monday, channel="sms")
+    message(shop, "followup:s2o", "followup", "s2o", monday, channel="sms", status="failed")
+    message(shop, "followup:e1o", "followup", "e1o", monday, channel="email")
+    message(shop, "followup:k1", "followup", "k1", monday, channel="call", status="queued")
+    task(shop, "s3o", tuesday, "sms")
+    message(shop, "followup:s3o", "followup", "s3o", tuesday, channel="sms")
+    message(shop, "followup:late", "followup", "late", T + MIN, channel="sms")          # after T: not yet
+    outcome(shop, "k3", tuesday + 10 * MIN)
+    plan(shop, T)
+    columns = ["visits_planned", "calls_planned", "sms_planned", "email_planned", "no_channel_planned",
+               "calls_attempted", "reached", "sms_sent", "email_sent"]
+    got = rows(shop, "feedback_summary", columns)
+    #                                          planned call sms email none | made reached sms_sent email_sent
+    assert got[("day", date(2026, 11, 23))] == (7, 3, 2, 1, 1, 2, 1, 1, 1)
+    assert got[("day", date(2026, 11, 24))] == (1, 0, 1, 0, 0, 1, 1, 1, 0)
+    assert got[("week", date(2026, 11, 23))] == (8, 3, 3, 1, 1, 3, 2, 2, 1)
+    assert len(got) == 3
 
 
 def test_reminder_effect_reminded_against_held_out(shop):
@@ -77,6 +136,97 @@ def test_reminder_effect_reminded_against_held_out(shop):
     rows = shop.execute("SELECT day, orders_reminded, reminded_paid_before_close, recovered_amount, orders_held_out, "
                         "held_out_paid_before_close FROM marts.reminder_effect").fetchall()
     assert rows == [(date(2026, 11, 24), 3, 1, Decimal("120.50"), 2, 1)]
+
+
+def test_reminder_effect_counts_reminders_made_on_orders_whose_outcome_is_known(shop):
+    day = local("2026-11-24 10:00")
+    t = day + 1000 * MIN                           # before the platform's auto-close (1440 min) of day's orders
+    stage(shop, "orders",
+          {"order_id": "paid", "created_at": day, "paid_at": day + 60 * MIN, "total_amount": Decimal("120.50")},
+          {"order_id": "closed", "created_at": day, "closed_at": day + 300 * MIN},
+          {"order_id": "expired", "created_at": day - 500 * MIN},               # auto-closed before t
+          {"order_id": "open", "created_at": day},
+          {"order_id": "called", "created_at": day, "paid_at": day + 90 * MIN, "total_amount": Decimal("30")},
+          {"order_id": "queued_call", "created_at": day, "paid_at": day + 90 * MIN},
+          {"order_id": "queued_sms", "created_at": day},
+          {"order_id": "failed_sms", "created_at": day, "paid_at": day + 90 * MIN},
+          {"order_id": "h_paid", "created_at": day, "paid_at": day + 30 * MIN},
+          {"order_id": "h_closed", "created_at": day, "closed_at": day + 200 * MIN},
+          {"order_id": "h_open", "created_at": day},
+          {"order_id": "h_then_reminded", "created_at": day, "paid_at": day + 400 * MIN})
+    for o in ("paid", "closed", "expired", "open"):
+        message(shop, f"payment_reminder:{o}", "payment_reminder", o, day + 15 * MIN)          # SMS sent
+    message(shop, "payment_reminder:called", "payment_reminder", "called", day + 15 * MIN, channel="call", status="done")
+    message(shop, "payment_reminder:queued_call", "payment_reminder", "queued_call", day + 15 * MIN, channel="call",
+            status="queued")
+    message(shop, "payment_reminder:queued_sms", "payment_reminder", "queued_sms", day + 15 * MIN, status="queued")
+    message(shop, "payment_reminder:failed_sms", "payment_reminder", "failed_sms", day + 15 * MIN, status="failed")
+    for o in ("h_paid", "h_closed", "h_open", "h_then_reminded"):
+        holdout(shop, o, day + 20 * MIN)
+    # held out first, reminded later (the holdout rate was lowered): not a clean control, counted as reminded
+    message(shop, "payment_reminder:h_then_reminded", "payment_reminder", "h_then_reminded", day + 200 * MIN)
+    plan(shop, t)
+    columns = ["orders_reminded", "orders_reminded_known", "orders_reminded_open", "reminded_paid_before_close",
+               "recovered_amount", "reminders_not_made", "orders_held_out", "orders_held_out_known",
+               "orders_held_out_open", "held_out_paid_before_close"]
+    # reminded: paid, closed, expired, open, called, h_then_reminded; known: all but open; paid: paid, called,
+    # h_then_reminded; not made: queued_call, queued_sms, failed_sms; held out: h_paid, h_closed, h_open
+    assert rows(shop, "reminder_effect", columns) == {
+        date(2026, 11, 24): (6, 5, 1, 3, Decimal("250.50"), 3, 3, 2, 1, 1)}
+    # once past the auto-close, the open orders are known and counted
+    plan(shop, day + 1440 * MIN)
+    assert rows(shop, "reminder_effect", columns) == {
+        date(2026, 11, 24): (6, 6, 0, 3, Decimal("250.50"), 3, 3, 3, 0, 1)}
+
+
+def test_rows_of_a_shop_the_configuration_lacks_are_left_out(shop):
+    """A shop removed from the shops file has no time zone: its rows must not give NULL dates (the plan
+    used to fail with `NOT NULL constraint failed: feedback_summary.period_start`)."""
+    at = local("2026-11-24 11:00")
+    for shop_id in ("s1", "gone"):
+        task(shop, f"{shop_id}-o", at, shop_id=shop_id)
+        message(shop, f"followup:{shop_id}-o", "followup", f"{shop_id}-o", at, shop_id=shop_id)
+        message(shop, f"payment_reminder:{shop_id}-r", "payment_reminder", f"{shop_id}-r", at, shop_id=shop_id)
+        holdout(shop, f"{shop_id}-h", at, shop_id=shop_id)
+        shop.execute("INSERT INTO ops.visit_outcomes (order_id, reached, recorded_at, shop_id) VALUES (?, true, ?, ?)",
+                     [f"{shop_id}-o", at + MIN, shop_id])
+    # an outcome without a shop whose order is unknown too
+    shop.execute("INSERT INTO ops.visit_outcomes (order_id, reached, recorded_at) VALUES ('nobody', true, ?)", [at])
+    plan(shop, T)
+    assert shop.execute("SELECT DISTINCT shop_id FROM marts.feedback_summary").fetchall() == [("s1",)]
+    assert shop.execute("SELECT DISTINCT shop_id FROM marts.reminder_effect").fetchall() == [("s1",)]
+    assert rows(shop, "feedback_summary", ["visits_planned", "calls_attempted", "reached", "sms_sent"])[
+        ("day", date(2026, 11, 24))] == (1, 1, 1, 1)
+    assert rows(shop, "reminder_effect", ["orders_reminded", "orders_held_out"]) == {date(2026, 11, 24): (1, 1)}
+
+
+def test_a_database_of_the_first_release_gets_the_new_columns(tmp_path):
+    """A file whose two marts have only the first release's columns: connecting adds the new ones, and a plan
+    fills them (INSERT BY NAME)."""
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as old:
+        old.execute("CREATE SCHEMA marts")
+        old.execute("CREATE TABLE marts.feedback_summary (as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, "
+                    "period VARCHAR NOT NULL, period_start DATE NOT NULL, visits_planned BIGINT NOT NULL, "
+                    "reached BIGINT NOT NULL, quality_issues BIGINT NOT NULL, logistics_issues BIGINT NOT NULL, "
+                    "packaging_issues BIGINT NOT NULL, service_issues BIGINT NOT NULL, gifts BIGINT NOT NULL, "
+                    "compensations BIGINT NOT NULL, suggestions BIGINT NOT NULL)")
+        old.execute("CREATE TABLE marts.reminder_effect (as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, "
+                    "day DATE NOT NULL, orders_reminded BIGINT NOT NULL, reminded_paid_before_close BIGINT NOT NULL, "
+                    "recovered_amount DECIMAL(18, 2) NOT NULL, orders_held_out BIGINT NOT NULL, "
+                    "held_out_paid_before_close BIGINT NOT NULL)")
+    con = connect(path)
+    try:
+        configure(con)
+        at = local("2026-11-24 11:00")
+        task(con, "o1", at, "sms")
+        message(con, "payment_reminder:r1", "payment_reminder", "r1", at, channel="call", status="queued")
+        plan(con, T)
+        assert con.execute("SELECT sms_planned, calls_planned FROM marts.feedback_summary "
+                           "WHERE period = 'day'").fetchall() == [(1, 0)]
+        assert con.execute("SELECT orders_reminded, reminders_not_made FROM marts.reminder_effect").fetchall() == [(0, 1)]
+    finally:
+        con.close()
 
 
 def test_reports_are_empty_without_visits_or_reminders(shop):

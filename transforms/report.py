@@ -1,6 +1,11 @@
-"""The feedback report (CONTRACT §8): one shop's visits, what reached customers said and the payment
+"""The feedback report (docs/rules.md §8): one shop's visits, what reached customers said and the payment
 reminders' effect over a local day or ISO week, rendered as one self-contained HTML page, and sent to
 the shop's team as a message with purpose ``feedback_summary``.
+
+Each rate says its denominator in words: the reach rate is reached / calls an agent made (SMS and email
+follow-ups are counted as sent, they cannot reach in the call sense); the reminders' paid rates count only
+orders whose outcome is known at T (paid, closed or past the platform's auto-close), and "reminded" means a
+reminder that reached the customer's side (a message sent, a call an agent made).
 
 *Gather* reads through a short read-only connection (open, read, close). It runs the two models
 ``sql/marts/feedback_summary.sql`` and ``sql/marts/reminder_effect.sql`` as plain queries at T (default
@@ -55,17 +60,32 @@ class Report:
     end: date                         # last local date of the period (included)
     as_of: datetime                   # T, UTC
     visits_planned: int = 0
+    # reach per channel: planned by channel; calls an agent recorded (attempted) and reached; messages sent
+    calls_planned: int = 0
+    sms_planned: int = 0
+    email_planned: int = 0
+    no_channel_planned: int = 0
+    calls_attempted: int = 0
     reached: int = 0
+    sms_sent: int = 0
+    email_sent: int = 0
     issues: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
     gifts: int = 0
     compensations: int = 0
     compensation_types: dict[str, int] = field(default_factory=dict)     # type -> orders, most first
     suggestion_count: int = 0
     suggestions: list[dict] = field(default_factory=list)                # order_id, recorded_at, text
+    # the reminders' effect: every reminded / held-out order, those whose outcome is known at T (the rates'
+    # denominators), those still open (not counted yet), and reminders planned but not made
     reminded: int = 0
+    reminded_known: int = 0
+    reminded_open: int = 0
     reminded_paid: int = 0
     recovered_amount: Decimal = Decimal("0.00")
+    reminders_not_made: int = 0
     held_out: int = 0
+    held_out_known: int = 0
+    held_out_open: int = 0
     held_out_paid: int = 0
     seconds: dict[str, float] = field(default_factory=dict)              # gather, chart, render
 
@@ -79,7 +99,9 @@ class Report:
 
     @property
     def reach_rate(self) -> float | None:
-        return _rate(self.reached, self.visits_planned)
+        """Calls reached / calls an agent made (recorded an outcome for), not / every visit planned: SMS and
+        email follow-ups cannot reach in the call sense and would dilute it."""
+        return _rate(self.reached, self.calls_attempted)
 
     @property
     def issue_rates(self) -> dict[str, float | None]:
@@ -88,11 +110,12 @@ class Report:
 
     @property
     def reminded_paid_rate(self) -> float | None:
-        return _rate(self.reminded_paid, self.reminded)
+        """Paid before close / reminded orders whose outcome is known at T (open orders are not counted yet)."""
+        return _rate(self.reminded_paid, self.reminded_known)
 
     @property
     def held_out_paid_rate(self) -> float | None:
-        return _rate(self.held_out_paid, self.held_out)
+        return _rate(self.held_out_paid, self.held_out_known)
 
     @property
     def paid_rate_difference(self) -> float | None:
@@ -237,18 +260,31 @@ def gather(db: str | Path, settings, shop_id: str, period: str = "week", day: st
     return report
 
 
+# feedback_summary's columns the report shows (Report fields of the same name)
+_SUMMARY = ("visits_planned", "calls_planned", "sms_planned", "email_planned", "no_channel_planned",
+            "calls_attempted", "reached", "sms_sent", "email_sent")
+# Report field -> reminder_effect column, summed over the period's days
+_EFFECT = {"reminded": "orders_reminded", "reminded_known": "orders_reminded_known",
+           "reminded_open": "orders_reminded_open", "reminded_paid": "reminded_paid_before_close",
+           "reminders_not_made": "reminders_not_made", "held_out": "orders_held_out",
+           "held_out_known": "orders_held_out_known", "held_out_open": "orders_held_out_open",
+           "held_out_paid": "held_out_paid_before_close"}
+
+
 def _read(con: duckdb.DuckDBPyConnection, r: Report) -> None:
     where = {"as_of": r.as_of, "shop": r.shop_id, "start": r.start, "end": r.end}
     row = con.execute(
-        "SELECT visits_planned, reached, quality_issues, logistics_issues, packaging_issues, service_issues, "
+        f"SELECT {', '.join(_SUMMARY)}, {', '.join(f'{c}_issues' for c in CATEGORIES)}, "
         f"gifts, compensations, suggestions FROM ({sql_text('marts/feedback_summary.sql')}) AS m "
         "WHERE shop_id = $shop AND period = $period AND period_start = $start",
         {"as_of": r.as_of, "shop": r.shop_id, "period": r.period, "start": r.start},
     ).fetchone()
     if row is not None:
-        r.visits_planned, r.reached = row[0], row[1]
-        r.issues = dict(zip(CATEGORIES, row[2:6]))
-        r.gifts, r.compensations, r.suggestion_count = row[6], row[7], row[8]
+        for name, value in zip(_SUMMARY, row):
+            setattr(r, name, value)
+        rest = row[len(_SUMMARY):]
+        r.issues = dict(zip(CATEGORIES, rest[:4]))
+        r.gifts, r.compensations, r.suggestion_count = rest[4:]
     kinds: dict[str, int] = {}
     for order_id, recorded_at, suggestion, compensation in con.execute(_LATEST_REACHED, where).fetchall():
         if suggestion:
@@ -256,15 +292,16 @@ def _read(con: duckdb.DuckDBPyConnection, r: Report) -> None:
         if compensation != "none":
             kinds[compensation] = kinds.get(compensation, 0) + 1
     r.compensation_types = dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    sums = ", ".join(f"coalesce(sum({column}), 0)::BIGINT" for column in _EFFECT.values())
     effect = con.execute(
-        "SELECT coalesce(sum(orders_reminded), 0), coalesce(sum(reminded_paid_before_close), 0), "
-        "coalesce(sum(recovered_amount), 0)::DECIMAL(18, 2), coalesce(sum(orders_held_out), 0), "
-        f"coalesce(sum(held_out_paid_before_close), 0) FROM ({sql_text('marts/reminder_effect.sql')}) AS m "
-        "WHERE shop_id = $shop AND day BETWEEN $start AND $end",
+        f"SELECT {sums}, coalesce(sum(recovered_amount), 0)::DECIMAL(18, 2) "
+        f"FROM ({sql_text('marts/reminder_effect.sql')}) AS m WHERE shop_id = $shop AND day BETWEEN $start AND $end",
         where,
     ).fetchone()
-    r.reminded, r.reminded_paid, r.recovered_amount, r.held_out, r.held_out_paid = (
-        int(effect[0]), int(effect[1]), effect[2], int(effect[3]), int(effect[4]))
+    for name, value in zip(_EFFECT, effect):
+        setattr(r, name, value)
+    r.recovered_amount = effect[-1]
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,6 +391,20 @@ def render(report: Report, svg: str | None = None) -> str:
         "compensation_types": [{"key": k, "label": t["compensation_types"].get(k, k.replace("_", " ")), "orders": n}
                                for k, n in report.compensation_types.items()],
         "chart": Markup(svg),
+        # the denominators in words: reach is of the calls made, effect is of the orders whose outcome is known
+        "calls_sentence": t["calls_sentence"].format(reached=report.reached, attempted=report.calls_attempted,
+                                                     planned=report.calls_planned),
+        "channels": [
+            {"key": "call", "label": t["channels"]["call"], "planned": report.calls_planned,
+             "made": report.calls_attempted, "reached": report.reached},
+            {"key": "sms", "label": t["channels"]["sms"], "planned": report.sms_planned, "made": report.sms_sent},
+            {"key": "email", "label": t["channels"]["email"], "planned": report.email_planned,
+             "made": report.email_sent},
+            {"key": "none", "label": t["channels"]["none"], "planned": report.no_channel_planned},
+        ],
+        "effect_counted": t["effect_counted"].format(as_of=f"{report.as_of.astimezone(tz):%Y-%m-%d %H:%M}"),
+        "effect_open": t["effect_open"].format(reminded=report.reminded_open, held_out=report.held_out_open),
+        "effect_not_made": t["effect_not_made"].format(not_made=report.reminders_not_made),
     }
     html = _environment().get_template(TEMPLATE).render(**context)
     report.seconds["render"] = time.perf_counter() - rendering

@@ -1,11 +1,21 @@
 -- feedback_summary: per shop and period — each local day, and each ISO week (Monday) — the visits planned
--- and what the reached customers said (CONTRACT §8), as of T.
---   visits_planned: orders with a visit task planned in the period (each order once, whatever the number of T)
---   reached: orders with a reached outcome recorded in the period; the categories, gift, compensation and
---   suggestion come from each order's latest reached outcome in the period (recorded <= T)
-with planned as (
-    select distinct tasks.shop_id, tasks.order_id, crm_shop_local_date(tasks.shop_id, tasks.as_of) as day
+-- by channel, how many were made, and what the reached customers said (docs/rules.md §8), as of T.
+-- Only configured shops (ops.shops): a shop the configuration lacks has no time zone, so no local dates.
+--   visits_planned: orders with a visit task planned in the period (each order once, whatever the number of
+--   T), split by the channel of its latest task in the period: calls_planned, sms_planned, email_planned,
+--   no_channel_planned (no usable contact, or auto_channel 'none')
+--   calls_attempted: orders with an outcome recorded in the period (reached or not: an agent made the call);
+--   reached: of them, orders with a reached outcome in the period — the reach rate is reached / calls_attempted
+--   sms_sent, email_sent: follow-up messages created in the period whose status is 'sent' (an automatic
+--   message cannot "reach" in the call sense; no delivery receipt is counted yet)
+--   the categories, gift, compensation and suggestion come from each order's latest reached outcome in the
+--   period (recorded <= T)
+with tasks as (
+    select
+        tasks.shop_id, tasks.order_id, tasks.as_of, coalesce(tasks.channel, 'none') as channel,
+        crm_shop_local_date(tasks.shop_id, tasks.as_of) as day
     from marts.visit_tasks as tasks
+    join ops.shops as shops using (shop_id)
     where tasks.as_of <= $as_of::TIMESTAMPTZ
 ),
 
@@ -16,54 +26,104 @@ outcomes as (
         crm_shop_local_date(coalesce(outcomes.shop_id, orders.shop_id), outcomes.recorded_at) as day
     from ops.visit_outcomes as outcomes
     left join staging.orders as orders using (order_id)
-    where outcomes.recorded_at <= $as_of::TIMESTAMPTZ and outcomes.reached
+    join ops.shops as shops on shops.shop_id = coalesce(outcomes.shop_id, orders.shop_id)
+    where outcomes.recorded_at <= $as_of::TIMESTAMPTZ
 ),
 
-periods as (
-    select 'day' as period, shop_id, order_id, day as period_start from planned
-    union all
-    select 'week', shop_id, order_id, date_trunc('week', day)::DATE from planned
+followups_sent as (
+    select m.shop_id, m.order_id, m.channel, crm_shop_local_date(m.shop_id, m.created_at) as day
+    from ops.messages as m
+    join ops.shops as shops using (shop_id)
+    where m.purpose = 'followup' and m.status = 'sent' and m.created_at <= $as_of::TIMESTAMPTZ
+),
+
+-- each order's latest task per day and per week: its channel is the one planned for it
+planned as (
+    select * from (
+        select 'day' as period, day as period_start, * from tasks
+        union all by name
+        select 'week' as period, date_trunc('week', day)::DATE as period_start, * from tasks
+    )
+    qualify row_number() over (partition by period, period_start, shop_id, order_id order by as_of desc) = 1
+),
+
+-- every outcome per day and per week (attempts), and each order's latest reached one (what they said)
+outcome_periods as (
+    select 'day' as period, day as period_start, * from outcomes
+    union all by name
+    select 'week' as period, date_trunc('week', day)::DATE as period_start, * from outcomes
 ),
 
 reached as (
-    -- each order's latest reached outcome per day and per week
-    select * from (
-        select 'day' as period, day as period_start, * from outcomes
-        union all by name
-        select 'week' as period, date_trunc('week', day)::DATE as period_start, * from outcomes
-    )
+    select * from outcome_periods
+    where reached
     qualify row_number() over (partition by period, period_start, shop_id, order_id order by recorded_at desc) = 1
+),
+
+sent_periods as (
+    select 'day' as period, day as period_start, * from followups_sent
+    union all by name
+    select 'week' as period, date_trunc('week', day)::DATE as period_start, * from followups_sent
+),
+
+-- one row of counts per source and period; summed below (a period may have plans, outcomes or sends only)
+counts as (
+    select
+        shop_id, period, period_start,
+        count(*)                                                       as visits_planned,
+        count(*) filter (where channel = 'call')                       as calls_planned,
+        count(*) filter (where channel = 'sms')                        as sms_planned,
+        count(*) filter (where channel = 'email')                      as email_planned,
+        count(*) filter (where channel = 'none')                       as no_channel_planned
+    from planned group by all
+    union all by name
+    select shop_id, period, period_start, count(distinct order_id) as calls_attempted
+    from outcome_periods group by all
+    union all by name
+    select
+        shop_id, period, period_start,
+        count(*)                                                       as reached,
+        count(*) filter (where quality = 'issue')                      as quality_issues,
+        count(*) filter (where logistics = 'issue')                    as logistics_issues,
+        count(*) filter (where packaging = 'issue')                    as packaging_issues,
+        count(*) filter (where service = 'issue')                      as service_issues,
+        count(*) filter (where gift)                                   as gifts,
+        count(*) filter (where coalesce(compensation, 'none') <> 'none') as compensations,
+        count(*) filter (where nullif(trim(suggestion), '') is not null) as suggestions
+    from reached group by all
+    union all by name
+    select
+        shop_id, period, period_start,
+        count(distinct order_id) filter (where channel = 'sms')       as sms_sent,
+        count(distinct order_id) filter (where channel = 'email')     as email_sent
+    from sent_periods group by all
 ),
 
 final as (
     select
         $as_of::TIMESTAMPTZ                                           as as_of,
-        coalesce(p.shop_id, r.shop_id)                                as shop_id,
-        coalesce(p.period, r.period)                                  as period,
-        coalesce(p.period_start, r.period_start)                      as period_start,
-        coalesce(p.visits_planned, 0)                                 as visits_planned,
-        coalesce(r.reached, 0)                                        as reached,
-        coalesce(r.quality_issues, 0) as quality_issues, coalesce(r.logistics_issues, 0) as logistics_issues,
-        coalesce(r.packaging_issues, 0) as packaging_issues, coalesce(r.service_issues, 0) as service_issues,
-        coalesce(r.gifts, 0) as gifts, coalesce(r.compensations, 0) as compensations,
-        coalesce(r.suggestions, 0) as suggestions
-    from (
-        select shop_id, period, period_start, count(distinct order_id) as visits_planned
-        from periods group by all
-    ) as p
-    full join (
-        select
-            shop_id, period, period_start,
-            count(*)                                                       as reached,
-            count(*) filter (where quality = 'issue')                      as quality_issues,
-            count(*) filter (where logistics = 'issue')                    as logistics_issues,
-            count(*) filter (where packaging = 'issue')                    as packaging_issues,
-            count(*) filter (where service = 'issue')                      as service_issues,
-            count(*) filter (where gift)                                   as gifts,
-            count(*) filter (where coalesce(compensation, 'none') <> 'none') as compensations,
-            count(*) filter (where nullif(trim(suggestion), '') is not null) as suggestions
-        from reached group by all
-    ) as r using (shop_id, period, period_start)
+        shop_id, period, period_start,
+        -- visits planned, by channel
+        coalesce(sum(visits_planned), 0)::BIGINT                      as visits_planned,
+        coalesce(sum(calls_planned), 0)::BIGINT                       as calls_planned,
+        coalesce(sum(sms_planned), 0)::BIGINT                         as sms_planned,
+        coalesce(sum(email_planned), 0)::BIGINT                       as email_planned,
+        coalesce(sum(no_channel_planned), 0)::BIGINT                  as no_channel_planned,
+        -- made: calls an agent recorded, automatic messages sent
+        coalesce(sum(calls_attempted), 0)::BIGINT                     as calls_attempted,
+        coalesce(sum(reached), 0)::BIGINT                             as reached,
+        coalesce(sum(sms_sent), 0)::BIGINT                            as sms_sent,
+        coalesce(sum(email_sent), 0)::BIGINT                          as email_sent,
+        -- what the reached customers said
+        coalesce(sum(quality_issues), 0)::BIGINT                      as quality_issues,
+        coalesce(sum(logistics_issues), 0)::BIGINT                    as logistics_issues,
+        coalesce(sum(packaging_issues), 0)::BIGINT                    as packaging_issues,
+        coalesce(sum(service_issues), 0)::BIGINT                      as service_issues,
+        coalesce(sum(gifts), 0)::BIGINT                               as gifts,
+        coalesce(sum(compensations), 0)::BIGINT                       as compensations,
+        coalesce(sum(suggestions), 0)::BIGINT                         as suggestions
+    from counts
+    group by shop_id, period, period_start
 )
 
 select * from final

@@ -46,7 +46,7 @@ def main() -> None:
     import polars as pl
 
     from crm.config import parse_settings
-    from crm.db import connect
+    from crm.db import connect, sync_shops
     from transforms.dispatch import send_queued, write_outbox
 
     gw = subprocess.Popen([sys.executable, "-c", GATEWAY.format(tests=str(ROOT / "tests"))],
@@ -66,12 +66,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.duckdb"
         con = connect(db)
+        sync_shops(con, settings)
         started = time.perf_counter()
         write_outbox(con, frame, now)
         con.close()
         written = time.perf_counter()
-        stats: dict = {}
-        sent, failed, _ = send_queued(db, settings, stats=stats)
+        r = send_queued(db, settings, now)
+        sent, failed, stats = r.sent, r.failed, {"writes": r.writes, "held_seconds": r.held_seconds}
         done = time.perf_counter()
         con = connect(db, read_only=True)
         recorded = con.execute("SELECT count(*) FROM ops.messages WHERE status = 'sent'").fetchone()[0]

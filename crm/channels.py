@@ -1,10 +1,12 @@
-"""Sending: the webhook gateway (SMS, chat) and SMTP (email), CONTRACT §7.
+"""Sending: the webhook gateway (SMS, chat) and SMTP (email), docs/rules.md §7.
 
 Webhook: one POST per message with JSON {message_id, channel, to, body, shop_id, purpose} and the
 header ``Idempotency-Key: <message_id>``, so a message sent again after a crash is accepted once.
 2xx: sent. 429, 5xx, a timeout or a refused connection: retried with exponential backoff and full
-jitter (``Retry-After`` honoured), up to ``max_attempts``. Any other 4xx: failed for good, with the
-gateway's answer kept. Email goes over SMTP; SMTP 4xx and connection errors are retried, 5xx fail.
+jitter (``Retry-After`` honoured), up to ``max_attempts``; a message whose every attempt failed that way
+stays ``queued`` (``Outcome.transient``) for a later run. Any other 4xx: failed for good, with the
+gateway's answer kept. Email goes over SMTP; SMTP 4xx and connection errors are retried (and then stay
+queued), 5xx fail.
 An email body is plain text whose first line is the subject, or a whole HTML page (the feedback report),
 sent as multipart/alternative with a plain-text part and the page's <title> as the subject.
 Nothing here logs a full phone number or email address.
@@ -34,10 +36,19 @@ MAX_BACKOFF = 30.0
 @dataclass
 class Outcome:
     message_id: str
-    status: str            # 'sent' or 'failed'
+    status: str            # 'sent', 'failed' (for good), or 'queued' (every attempt failed transiently)
     attempts: int
     error: str | None = None
     sent_at: datetime | None = None
+
+    @property
+    def transient(self) -> bool:
+        """Not sent, but only for reasons that may pass (the gateway down, slow or busy): send it later."""
+        return self.status == "queued"
+
+
+def _kept(message_id: str, attempts: int, error: str | None) -> Outcome:
+    return Outcome(message_id, "queued", attempts, f"{attempts} attempts failed, stays queued: {error}")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -84,7 +95,7 @@ async def send_webhook(client: httpx.AsyncClient, url: str, msg: dict, *, max_at
             wait = _retry_after(response)
         if attempt < max_attempts:
             await asyncio.sleep(min(MAX_BACKOFF, wait) if wait is not None else backoff(attempt, base_delay))
-    return Outcome(msg["message_id"], "failed", max_attempts, f"gave up after {max_attempts} attempts: {error}")
+    return _kept(msg["message_id"], max_attempts, error)
 
 
 class SmtpSender:
@@ -152,7 +163,7 @@ class SmtpSender:
                 self.close()
             if attempt < max_attempts:
                 time.sleep(backoff(attempt, base_delay))
-        return Outcome(msg["message_id"], "failed", max_attempts, f"gave up after {max_attempts} attempts: {error}")
+        return _kept(msg["message_id"], max_attempts, error)
 
 
 # --------------------------------------------------------------------------------------------------

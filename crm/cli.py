@@ -1,4 +1,4 @@
-"""The `crm` command (CONTRACT §9).
+"""The `crm` command (docs/rules.md §9).
 
 Imports are lazy: `crm --help` must not pay for prefect, duckdb or great_expectations.
 Every failure the user can fix prints one line starting with ``error:`` and exits non-zero
@@ -19,7 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Payment reminders (催付) and follow-up visits (回访) for online shops.",
+    help="Payment reminders (催付) and follow-up visits (回访) for online shops. The rules each command follows "
+         "are in docs/rules.md; every configuration key is explained in shops.example.toml.",
 )
 visits_app = typer.Typer(no_args_is_help=True, help="Follow-up visit outcomes recorded by the call centre.")
 server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, so that each command skips Prefect's ~20 s start-up.")
@@ -60,6 +61,9 @@ def _settings():
     try:
         return load_settings(STATE.config)
     except ConfigError as e:
+        demo = Path("demo/shops.toml")
+        if not STATE.config_given and not STATE.config.exists() and demo.is_file():
+            fail(f"{e}; `crm demo` wrote {demo}: crm --config {demo} …")
         fail(str(e))
 
 
@@ -68,9 +72,10 @@ def _require_db() -> None:
         fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
 
 
-def _run_flow(label: str, target: str, /, **params):
+def _run_flow(label: str, target: str, /, partial=None, **params):
     """Run the flow `module:function` in this process with a progress bar; known failures become one line.
-    Prefect reads its settings when imported, so the flow is imported only after `prepare`."""
+    Prefect reads its settings when imported, so the flow is imported only after `prepare`. `partial`
+    prints the summary of a run that did its work but ended with messages left queued (GatewayDown)."""
     import importlib
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -90,7 +95,11 @@ def _run_flow(label: str, target: str, /, **params):
     from transforms.plan import PlanError
     from transforms.report import ReportError
     from transforms.validate import ValidationFailed
+    from transforms.dispatch import GatewayDown
 
+    known = (ConfigError, IngestError, PlanError, RenderError, OutcomeError, ReportError, DatabaseLocked,
+             ValidationFailed, GatewayDown)
+    _no_tracebacks_on_console(known)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(label, total=None)
@@ -107,6 +116,26 @@ def _run_flow(label: str, target: str, /, **params):
             fail(str(e), 1)
         except ValidationFailed as e:
             fail(f"validation failed, nothing was written or sent: {e}", 1)
+        except GatewayDown as e:
+            bar.stop()
+            if partial and e.summary:
+                partial(e.summary)
+            fail(str(e), 1)
+
+
+def _no_tracebacks_on_console(known: tuple[type[BaseException], ...]) -> None:
+    """Prefect logs a failed run's traceback to the console; for the failures this command answers in one
+    `error:` line, keep the traceback off the terminal (the Prefect server still records it)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], known))
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(keep)
 
 
 def _print_ingest(summary: dict) -> None:
@@ -133,7 +162,7 @@ def _print_ingest(summary: dict) -> None:
 
 @app.command()
 def ingest(landing_dir: Path = typer.Argument(..., help="Folder with one subfolder per entity (orders/, customers/, …).")) -> None:
-    """Load the landing folder's new files (CONTRACT §1)."""
+    """Load the landing folder's new files (rules: docs/rules.md §1)."""
     if not landing_dir.is_dir():
         fail(f"{landing_dir}: landing folder not found")
     _settings()
@@ -163,11 +192,19 @@ def _print_plan(summary: dict) -> None:
     channels = ", ".join(f"{c}: {n:,}" for c, n in summary["visit_channels"].items())
     console.print(f"{summary['visit_tasks']:,} follow-up visits due ({channels or 'none'}); "
                   f"planned in {summary['seconds']:.2f} s")
+    _print_retired(summary)
+
+
+def _print_retired(summary: dict) -> None:
+    from transforms.plan import retired_line
+
+    if summary.get("retired_shops"):
+        console.print(f"[yellow]not planned:[/] {retired_line(summary['retired_shops'])}", highlight=False)
 
 
 @app.command()
 def plan(as_of: Optional[str] = typer.Option(None, "--as-of", help="T, ISO 8601 with an offset or Z; default now.")) -> None:
-    """Write the marts for T: reminder decisions, visit tasks, customer segments (CONTRACT §2-5)."""
+    """Write the marts for T: reminder decisions, visit tasks, customer segments (rules: docs/rules.md §2-5)."""
     _check_time(as_of, "--as-of")
     _settings()
     _require_db()
@@ -218,8 +255,9 @@ def dispatch(
             fail(f"--only {channel!r}: the channels are sms, chat, email and call")
     _settings()
     _require_db()
-    s = _run_flow("dispatch", "flows.dispatch:dispatch_flow", as_of=as_of, db=str(STATE.db),
-                  config=str(STATE.config), dry_run=dry_run, channels=list(only) if only else None)
+    s = _run_flow("dispatch", "flows.dispatch:dispatch_flow", partial=lambda s: _print_dispatch(s, show),
+                  as_of=as_of, db=str(STATE.db), config=str(STATE.config), dry_run=dry_run,
+                  channels=list(only) if only else None)
     _print_dispatch(s, show)
 
 
@@ -227,11 +265,16 @@ def _print_dispatch(s: dict, show: int) -> None:
     created = ", ".join(f"{k}: {n:,}" for k, n in s["created"].items()) or "none"
     console.print(f"dispatch at {s['as_of']}{' (dry run: nothing written or sent)' if s['dry_run'] else ''}")
     console.print(f"  new messages: {created}")
+    _print_retired(s)
     if s["long_sms"]:
         console.print(f"  [yellow]{s['long_sms']:,} SMS longer than one segment (70 Chinese / 160 GSM characters)[/]")
     if not s["dry_run"]:
-        console.print(f"  sent {s['sent']:,}, failed {s['failed']:,}; {s['calls_queued']:,} calls queued for agents "
-                      f"({s['seconds']:.1f} s)")
+        kept = s.get("kept", 0) + s.get("skipped", 0)
+        console.print(f"  sent {s['sent']:,}, failed {s['failed']:,}"
+                      + (f", kept queued for the next run {kept:,}" if kept else "")
+                      + f"; {s['calls_queued']:,} calls queued for agents ({s['seconds']:.1f} s)")
+        if s.get("expired"):
+            console.print(f"  [yellow]{s['expired']:,} queued messages were no longer worth sending: failed unsent[/]")
         for line in s["failures"][:10]:
             console.print(f"  [red]failed[/] {line}", highlight=False)
     for m in s["preview"][:show]:
@@ -278,7 +321,7 @@ def report(
                                                           "default: reports/ beside the database."),
     send: bool = typer.Option(False, "--send", help="Also e-mail it to the shop's team_email (once per period)."),
 ) -> None:
-    """The feedback report (CONTRACT §8) as one HTML file: visits, issue rates with a chart, the
+    """The feedback report (docs/rules.md §8) as one HTML file: visits, issue rates with a chart, the
     suggestions, gifts and compensations, the payment reminders' effect."""
     from transforms.report import ReportError, check_request
 
@@ -306,6 +349,11 @@ def report(
         elif r["sent"] == "failed":
             failed = True
             console.print(f"  [red]sending to {r['recipient']} failed:[/] {r['error']}", highlight=False)
+        elif r["sent"] == "queued":
+            failed = True
+            console.print(f"  [red]not sent yet to {r['recipient']}, the SMTP server could not be reached:[/] "
+                          f"{r['error']}; it stays queued (the next dispatch or report --send sends it)",
+                          highlight=False)
     if failed:
         raise typer.Exit(1)
 
@@ -389,12 +437,15 @@ def visits_import(file: Path = typer.Argument(..., help="CSV: order_id, reached,
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port"),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="The page's now, ISO 8601 with an offset or Z; its clock "
+                                        "starts there and runs on (for demos and tests). Default: the real time."),
 ) -> None:
     """The agents' page: today's follow-up calls per shop, the script, and the outcome form.
     Beyond this machine (a --host other than 127.0.0.1/localhost) it needs CRM_WEB_PASSWORD: the page
     shows customers' phone numbers."""
     import os
 
+    _check_time(as_of, "--as-of")
     _require_db()
     settings = _settings()
     password = os.environ.get("CRM_WEB_PASSWORD") or None
@@ -403,22 +454,31 @@ def serve(
              "this machine (agents then log in with any name and that password)")
     import uvicorn
 
-    from crm.web import create_app
+    from crm.web import clock_from, create_app
+    from transforms.plan import parse_as_of
 
-    console.print(f"agents' page on http://{host}:{port}/ ({STATE.db}){' with a password' if password else ''}; "
-                  "Ctrl-C stops it", highlight=False)
-    uvicorn.run(create_app(STATE.db, settings, password=password), host=host, port=port, log_level="warning")
+    clock = clock_from(parse_as_of(as_of)) if as_of else None
+    console.print(f"agents' page on http://{host}:{port}/ ({STATE.db}){' with a password' if password else ''}"
+                  f"{f', its clock set to {as_of}' if as_of else ''}; Ctrl-C stops it", highlight=False)
+    uvicorn.run(create_app(STATE.db, settings, password=password, clock=clock), host=host, port=port,
+                log_level="warning")
 
 
 @server_app.command("start")
-def server_start(port: int = typer.Option(4200, "--port")) -> None:
+def server_start(port: Optional[int] = typer.Option(
+        None, "--port", help="Listen on this port, or fail if it is taken. Default: 4200 (CRM_PREFECT_PORT), "
+                             "or a free port near it when that one is taken.")) -> None:
     """Start a local Prefect server in the background (UI at http://127.0.0.1:PORT)."""
     from crm import orchestration
 
     try:
         info = orchestration.start_server(STATE.db, port)
+    except orchestration.PortError as e:
+        fail(str(e))
     except RuntimeError as e:
         fail(str(e), 1)
+    if info.get("note"):
+        err.print(f"note: {info['note']}", highlight=False, soft_wrap=True)
     verb = "already running" if info.get("already") else "started"
     console.print(f"Prefect server {verb} at {info['api_url']} (pid {info['pid']}); crm commands now record their runs there")
 
@@ -428,11 +488,12 @@ def server_stop() -> None:
     """Stop the local Prefect server started by `crm server start`."""
     from crm import orchestration
 
-    console.print("stopped" if orchestration.stop_server(STATE.db) else "no local server was started")
+    console.print("stopped" if orchestration.stop_server(STATE.db) else "no local server was running")
 
 
 @server_app.command("status")
 def server_status() -> None:
+    """Whether the server `crm server start` left for this database is running (that very process, on its port)."""
     from crm import orchestration
 
     info = orchestration.running_server(STATE.db)

@@ -194,6 +194,9 @@ def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
     con.execute(f"CREATE OR REPLACE TABLE ops.shops ({SHOP_COLUMNS})")
     placeholders = ", ".join("?" * len(rows[0]))
     con.executemany(f"INSERT INTO ops.shops VALUES ({placeholders})", rows)
+    con.execute("CREATE OR REPLACE TABLE ops.retired_shops (shop_id VARCHAR NOT NULL)")
+    if settings.retired_shops:
+        con.executemany("INSERT INTO ops.retired_shops VALUES (?)", [[s] for s in settings.retired_shops])
     shop_macros(con, [(s.shop_id, s.timezone) for s in settings.shops])
 
 

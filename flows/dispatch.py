@@ -1,4 +1,4 @@
-"""Dispatch flow: plan at T, validate, render, write the outbox, send (CONTRACT §6-§7)."""
+"""Dispatch flow: plan at T, validate, render, write the outbox, send (docs/rules.md §6-§7)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
 from crm.db import exclusive
 from crm.redact import mask_email, mask_phone
 from flows.retry import only_transient
-from transforms.dispatch import dispatch_db
+from transforms.dispatch import GatewayDown, dispatch_db
 from transforms.plan import parse_as_of
 from transforms.validate import validate_outbox
 
@@ -31,22 +31,30 @@ def dispatch_at(as_of, db: str, config: str, dry_run: bool, wait_seconds: float 
         m["recipient"] = mask_email(m["recipient"]) if m["channel"] == "email" else mask_phone(m["recipient"])
     return {"as_of": r.as_of.isoformat(), "dry_run": r.dry_run, "created": r.created, "sent": r.sent,
             "failed": r.failed, "calls_queued": r.calls_queued, "long_sms": r.long_sms, "preview": r.preview,
-            "failures": r.failures[:20], "seconds": round(r.seconds, 3),
-            "db_seconds": round(r.db_seconds, 3)}
+            "failures": r.failures[:20], "kept": r.kept, "skipped": r.skipped, "expired": r.expired,
+            "problem": r.problem, "retired_shops": r.retired_shops, "seconds": round(r.seconds, 3), "db_seconds": round(r.db_seconds, 3)}
 
 
 @flow(name="dispatch")
 def dispatch_flow(as_of: str | None = None, db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG,
                   dry_run: bool = False, channels: list[str] | None = None) -> dict:
     """Plan at T (default now), validate the messages it creates, then send them and any left queued.
-    `channels` (e.g. ["call"]) limits the run to those channels; the others wait for a later run."""
+    `channels` (e.g. ["call"]) limits the run to those channels; the others wait for a later run.
+    Messages a gateway could not take (down, slow, busy) stay queued for the next run, and then this flow
+    run fails with one line saying so (GatewayDown), after everything else was recorded."""
     logger = get_run_logger()
     summary = dispatch_at(parse_as_of(as_of), db, config, dry_run, channels=channels)
     if channels:
         logger.info("only channels %s this time: the others' messages are left for a later run", ", ".join(channels))
-    logger.info("dispatch at %s%s: new %s; sent %d, failed %d; %d calls queued for agents; %d SMS over one segment",
-                summary["as_of"], " (dry run)" if dry_run else "", summary["created"], summary["sent"],
-                summary["failed"], summary["calls_queued"], summary["long_sms"])
+    logger.info("dispatch at %s%s: new %s; sent %d, failed %d, kept queued %d; %d calls queued for agents; "
+                "%d SMS over one segment", summary["as_of"], " (dry run)" if dry_run else "", summary["created"],
+                summary["sent"], summary["failed"], summary["kept"] + summary["skipped"], summary["calls_queued"],
+                summary["long_sms"])
+    if summary["expired"]:
+        logger.warning("%d queued messages were no longer worth sending at %s: failed unsent", summary["expired"],
+                       summary["as_of"])
     for line in summary["failures"]:
         logger.warning("failed: %s", line)
+    if summary["problem"]:
+        raise GatewayDown(summary["problem"], summary)
     return summary

@@ -1,4 +1,4 @@
-"""Plan and backfill flows: write the marts for an evaluation time T (CONTRACT §2-5)."""
+"""Plan and backfill flows: write the marts for an evaluation time T (docs/rules.md §2-5)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
 from crm.db import connect, publish_snapshot, session
 from flows.retry import only_transient
-from transforms.plan import backfill_times, parse_as_of, parse_duration, plan, planned_times
+from transforms.plan import backfill_times, parse_as_of, parse_duration, plan, planned_times, retired_line
 
 
 def _summary(result) -> dict:
@@ -21,6 +21,7 @@ def _summary(result) -> dict:
         "visit_tasks": result.visit_tasks,
         "visit_channels": result.visit_channels,
         "segments_written": result.segments_written,
+        "retired_shops": result.retired_shops,
         "seconds": round(result.seconds, 3),
     }
 
@@ -44,6 +45,8 @@ def plan_flow(as_of: str | None = None, db: str = DEFAULT_DB, config: str = DEFA
     logger.info("plan at %s: %d unpaid orders %s; %d visit tasks %s (%.2f s)", summary["as_of"],
                 summary["unpaid_orders"], summary["decisions"], summary["visit_tasks"], summary["visit_channels"],
                 summary["seconds"])
+    if summary["retired_shops"]:
+        logger.info("not planned: %s", retired_line(summary["retired_shops"]))
     return summary
 
 

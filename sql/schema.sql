@@ -6,8 +6,10 @@ CREATE SCHEMA IF NOT EXISTS staging;
 CREATE SCHEMA IF NOT EXISTS marts;
 CREATE SCHEMA IF NOT EXISTS ops;
 
--- ops.shops (the configured shops, typed) is rebuilt from the config file by crm.db.sync_shops
--- before each load or plan; the SQL models join it for time zones and settings.
+-- ops.shops (the configured shops, typed) and ops.retired_shops (the top-level retired_shops) are rebuilt
+-- from the config file by crm.db.sync_shops before each load or plan; the SQL models join ops.shops for
+-- time zones and settings, so a shop missing from it is not planned (transforms/plan.py refuses to plan
+-- while the orders of a shop that is neither configured nor retired are in the database).
 
 -- what each ingest run read
 CREATE SEQUENCE IF NOT EXISTS ops.ingest_run_seq START 1;
@@ -62,7 +64,7 @@ CREATE TABLE IF NOT EXISTS ops.validation_results (
     checked_at      TIMESTAMPTZ NOT NULL
 );
 
--- staged inputs (CONTRACT §1), typed; _ingest_id/_file_ord/_row_number say where the winning version came from
+-- staged inputs (docs/rules.md §1), typed; _ingest_id/_file_ord/_row_number say where the winning version came from
 CREATE TABLE IF NOT EXISTS staging.orders (
     order_id VARCHAR NOT NULL, shop_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL, platform VARCHAR NOT NULL,
     created_at TIMESTAMPTZ NOT NULL, paid_at TIMESTAMPTZ, shipped_at TIMESTAMPTZ, delivered_at TIMESTAMPTZ,
@@ -97,7 +99,7 @@ CREATE TABLE IF NOT EXISTS staging.suppressions (
     _source_file VARCHAR, _ingest_id INTEGER, _file_ord INTEGER, _row_number BIGINT
 );
 
--- messages: the transactional outbox; only a dispatching run writes it (CONTRACT §6)
+-- messages: the transactional outbox; only a dispatching run writes it (docs/rules.md §6)
 CREATE TABLE IF NOT EXISTS ops.messages (
     message_id      VARCHAR PRIMARY KEY,      -- deterministic: purpose + order
     purpose         VARCHAR NOT NULL,         -- payment_reminder, followup, feedback_summary
@@ -128,7 +130,7 @@ CREATE TABLE IF NOT EXISTS ops.plan_runs (
     seconds         DOUBLE
 );
 
--- marts (CONTRACT §6): written by a plan, one set of rows per T
+-- marts (docs/rules.md §6): written by a plan, one set of rows per T
 -- marts.customer_segments is a view (crm.db.connect creates it): these rows, all as of one T, so a
 -- plan at a newer T rewrites only the customers whose orders changed (transforms.plan.refresh_segments)
 CREATE TABLE IF NOT EXISTS ops.segment_rows (
@@ -159,8 +161,17 @@ CREATE TABLE IF NOT EXISTS marts.visit_tasks (
 
 -- columns added after the first release of a table (no-ops on a new file)
 ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS segments INTEGER;
+-- until when a queued message is still worth sending (a reminder: its order's deadline; a follow-up: the
+-- end of its due day); NULL: no limit (calls, reports). A send at a T past it fails the message instead.
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
+-- a follow-up's visit task as the plan that created the message saw it: the agents' context stays put
+-- whatever is planned later
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS tier VARCHAR;
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS rank BIGINT;
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS rating INTEGER;
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS review_text VARCHAR;
 
--- visit outcomes (CONTRACT §5, §6): one row per recorded visit; an order can have several (not reached,
+-- visit outcomes (docs/rules.md §5, §6): one row per recorded visit; an order can have several (not reached,
 -- called back later, reached)
 CREATE TABLE IF NOT EXISTS ops.visit_outcomes (
     order_id        VARCHAR NOT NULL,

@@ -2,7 +2,7 @@
 
 It is scripted per message: `script[message_id]` is a list of behaviours used one per request
 ('ok', ('status', 503), ('retry_after', 429, seconds), ('slow', seconds), ('status', 400, 'bad number'));
-without a script every request is answered 200 after `delay` seconds. Like a real gateway it honours
+without a script every request is answered 200 after `delay` seconds; with `down` set, every one 503. Like a real gateway it honours
 Idempotency-Key: a message is *accepted* once, and a repeat of an accepted key gets 200 again
 without being accepted twice (`repeats` counts those).
 """
@@ -30,6 +30,7 @@ class Gateway:
         self.requests: list[tuple[float, str, int]] = []      # (time, key, status answered)
         self.repeats = 0
         self.missing_key = 0
+        self.down = False            # True: every request answered 503, as a gateway in an outage
         self._server: uvicorn.Server | None = None
         self.url = ""
 
@@ -41,6 +42,8 @@ class Gateway:
             self.missing_key += 1
             return PlainTextResponse("missing Idempotency-Key", status_code=400)
         behaviour = self.script[key].pop(0) if self.script.get(key) else "ok"
+        if self.down:
+            behaviour = ("status", 503, "service unavailable")
         if behaviour == "ok" or behaviour[0] == "slow":
             await asyncio.sleep(self.delay if behaviour == "ok" else behaviour[1])
             if key in self.accepted:

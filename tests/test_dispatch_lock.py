@@ -105,7 +105,7 @@ def test_sending_goes_on_while_another_process_holds_the_file_and_no_outcome_is_
     import polars as pl
 
     from crm.config import parse_settings
-    from crm.db import connect
+    from crm.db import connect, sync_shops
     from transforms.dispatch import send_queued, write_outbox
 
     n, hold = 240, 1.5                     # 4 at a time, 0.05 s each: about 3 s of sending
@@ -120,12 +120,13 @@ def test_sending_goes_on_while_another_process_holds_the_file_and_no_outcome_is_
             "channel": ["sms"] * n, "recipient": [f"139{i:08d}" for i in range(n)], "body": ["您好"] * n,
             "template": ["payment_reminder/new"] * n, "created_at": [now] * n, "segments": [1] * n,
         }), now)
-        con.close()
         settings = parse_settings({"shops": [{"shop_id": "s1"}], "gateway": {
             "webhook_url": gw.url, "concurrency": 4, "backoff_seconds": 0.01, "timeout_seconds": 2}})
+        sync_shops(con, settings)             # as every dispatch does before it sends
+        con.close()
 
-        result, stats = {}, {}
-        sender = threading.Thread(target=lambda: result.update(r=send_queued(db, settings, stats=stats)))
+        result = {}
+        sender = threading.Thread(target=lambda: result.update(r=send_queued(db, settings, now)))
         sender.start()
         deadline = time.monotonic() + 30
         while len(gw.accepted) < 20 and time.monotonic() < deadline:
@@ -141,12 +142,13 @@ def test_sending_goes_on_while_another_process_holds_the_file_and_no_outcome_is_
         during = [t for t, _, status in gw.requests if held_from <= t <= held_until and status == 200]
         assert len(during) > 40, "sending went on while the file was held"
         assert accepted_by_then < n, "… and was not over before the file was free again"
-        assert result["r"] == (n, 0, [])
+        r = result["r"]
+        assert (r.sent, r.failed, r.kept, r.skipped, r.failures) == (n, 0, 0, 0, [])
         con = duckdb.connect(str(db), read_only=True)
         assert con.execute("SELECT status, min(attempts), max(attempts), count(*) FROM ops.messages "
                            "GROUP BY 1").fetchall() == [("sent", 1, 1, n)]
         con.close()
         assert len(gw.accepted) == n and gw.repeats == 0
-        assert stats["writes"] < n / 10, "outcomes recorded in batches"
+        assert r.writes < n / 10, "outcomes recorded in batches"
     finally:
         gw.stop()

@@ -1,4 +1,4 @@
-"""Dispatch at T (CONTRACT §6-§7): plan, validate, render, then send each message exactly once.
+"""Dispatch at T (docs/rules.md §6-§7): plan, validate, render, then send each message exactly once.
 
 1. *plan* at T (the marts are written; a dry run only builds them as temp tables);
 2. *outbox*: ``sql/intermediate/int_outbox.sql`` lists the messages T creates that ops.messages
@@ -8,8 +8,12 @@
    recipient for everything sent automatically. A failure stops the run before anything is written;
 4. *render* every body (a missing or broken template stops the run before anything is written);
 5. *write* them all to ops.messages as ``queued`` in one transaction (the transactional outbox);
-6. *send* every queued SMS/chat/email — this run's and any left by an earlier run that crashed —
-   and record sent/failed, attempts and sent_at in batches. Calls stay queued for the agents.
+6. *send* every queued SMS/chat/email that may still go at T — this run's and any an earlier run left
+   queued — and record sent/failed, attempts and sent_at in batches. Calls stay queued for the agents.
+   A message no longer worth sending at T (sql/dispatch/send_queue.sql) fails unsent, with the reason.
+   One whose every attempt fails transiently (gateway down, slow, busy) stays queued; after
+   ``gateway.down_after`` such messages in a row the run stops sending on that gateway, leaves the rest
+   queued and ends with GatewayDown (the flow run fails with one line, the CLI exits 1).
 
 A message recorded as sent is never sent again. One sent but not yet recorded when the process dies
 is sent again by the next run with the same Idempotency-Key, which the gateway accepts once.
@@ -39,7 +43,7 @@ import polars as pl
 import uvloop
 
 from crm.channels import Outcome, SmtpSender, send_webhook
-from crm.db import DatabaseLocked, connect, publish_snapshot, session, sql_text, transaction
+from crm.db import DatabaseLocked, connect, publish_snapshot, session, shop_macros, sql_text, transaction
 from crm.redact import mask_email, mask_phone, redact
 from crm.render import Renderer, sms_segments
 from transforms.plan import build, plan
@@ -64,9 +68,19 @@ class DispatchResult:
     long_sms: int = 0                                          # bodies longer than one SMS segment
     preview: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    kept: int = 0                                              # transient failures: still queued for a later run
+    skipped: int = 0                                           # not tried, their gateway looked down: still queued
+    expired: int = 0                                           # failed unsent: no longer worth sending at T
+    problem: str | None = None                                 # one line when messages stayed queued (gateway down)
+    retired_shops: dict[str, int] = field(default_factory=dict)   # shop -> orders not planned (retired_shops)
     validation: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     db_seconds: float = 0.0                                    # of those, the database file held open (dispatch_db)
+
+    def take(self, sent: "SendResult", settings) -> None:
+        self.sent, self.failed, self.failures = sent.sent, sent.failed, sent.failures
+        self.kept, self.skipped, self.expired = sent.kept, sent.skipped, sent.expired
+        self.problem = sent.problem(settings)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,16 +116,21 @@ def render_all(frame: pl.DataFrame, renderer: Renderer) -> pl.DataFrame:
 
 def write_outbox(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, as_of: datetime) -> int:
     """All new messages, queued, in one transaction; a message_id already there is left alone."""
+    optional = {"expires_at": pl.Datetime("us", "UTC"), "tier": pl.String, "rank": pl.Int64, "rating": pl.Int32,
+                "review_text": pl.String}
+    frame = frame.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in optional.items() if c not in frame.columns)
     rows = frame.select("message_id", "purpose", "shop_id", "order_id", "customer_id", "channel", "recipient",
-                        "body", "template", "created_at", "segments")
+                        "body", "template", "created_at", "segments", *optional)
     con.register("_new_messages", rows.to_arrow())
     try:
         with transaction(con):
             con.execute(
                 "INSERT INTO ops.messages (message_id, purpose, shop_id, order_id, customer_id, channel, recipient, "
-                "body, status, attempts, created_at, template, as_of, segments) "
+                "body, status, attempts, created_at, template, as_of, segments, expires_at, tier, rank, rating, "
+                "review_text) "
                 "SELECT message_id, purpose, shop_id, order_id, customer_id, channel, recipient, body, 'queued', 0, "
-                "created_at, template, ?, segments FROM _new_messages ON CONFLICT (message_id) DO NOTHING",
+                "created_at, template, ?, segments, expires_at, tier, rank, rating, review_text FROM _new_messages "
+                "ON CONFLICT (message_id) DO NOTHING",
                 [as_of],
             )
     finally:
@@ -142,7 +161,7 @@ class _Recorder:
         self.target, self.batch, self.every = target, batch, every
         self.wait_seconds, self.final_wait_seconds = wait_seconds, final_wait_seconds
         self.pending: list[Outcome] = []
-        self.sent = self.failed = 0
+        self.sent = self.failed = self.kept = 0
         self.failures: list[str] = []
         self.flushed = time.monotonic()
         self.writes = 0
@@ -159,6 +178,8 @@ class _Recorder:
         self.pending.append(outcome)
         if outcome.status == "sent":
             self.sent += 1
+        elif outcome.transient:
+            self.kept += 1                    # recorded (attempts, last_error), still queued
         else:
             self.failed += 1
             # the gateway's or SMTP server's answer may quote the recipient: masked, as these lines are logged
@@ -246,23 +267,84 @@ def _update(con: duckdb.DuckDBPyConnection, outcomes) -> None:
         con.unregister("_outcomes")
 
 
-def queued_messages(con: duckdb.DuckDBPyConnection, channels=AUTOMATIC) -> list[dict]:
-    rows = con.execute(
-        "SELECT message_id, channel, shop_id, purpose, recipient, body FROM ops.messages "
-        "WHERE status = 'queued' AND list_contains(?, channel) ORDER BY created_at, message_id",
-        [[c for c in channels if c in AUTOMATIC]],
-    ).fetchall()
-    cols = ("message_id", "channel", "shop_id", "purpose", "recipient", "body")
-    return [dict(zip(cols, r)) for r in rows]
+def queued_messages(con: duckdb.DuckDBPyConnection, as_of: datetime, channels=AUTOMATIC) -> list[dict]:
+    """The queued automatic messages a send at T takes up (sql/dispatch/send_queue.sql), oldest first; each
+    with ``fail_reason`` when it may no longer go (e.g. past the time it was worth sending)."""
+    cursor = con.execute(sql_text("dispatch/send_queue.sql"),
+                         {"as_of": as_of, "channels": [c for c in channels if c in AUTOMATIC]})
+    cols = [d[0] for d in cursor.description]
+    return [dict(zip(cols, r)) for r in cursor.fetchall()]
 
 
-async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=None) -> None:
+class GatewayDown(Exception):
+    """A send left messages queued because a gateway (or the SMTP server) could not be reached: one line for
+    the user, and the run's summary (``summary``) for whoever prints it."""
+
+    def __init__(self, message: str, summary: dict | None = None):
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass
+class SendResult:
+    sent: int = 0
+    failed: int = 0                   # for good: a permanent answer, or no longer worth sending
+    expired: int = 0                  # of those, not sent because their time had passed (not attempted)
+    kept: int = 0                     # every attempt failed transiently: still queued, for a later run
+    skipped: int = 0                  # not attempted: their gateway looked down; still queued
+    failures: list[str] = field(default_factory=list)
+    down: dict[str, str] = field(default_factory=dict)    # 'gateway' / 'smtp' -> why it looked down
+    last_transient: dict[str, str] = field(default_factory=dict)   # sender -> the last transient error
+    writes: int = 0
+    held_seconds: float = 0.0
+
+    def problem(self, settings) -> str | None:
+        """One line when messages stayed queued for a gateway that could not be reached, else None."""
+        if not (self.kept or self.skipped):
+            return None
+        where = {"gateway": f"the SMS/chat gateway {settings.gateway.webhook_url}",
+                 "smtp": f"the SMTP server {settings.smtp.host}:{settings.smtp.port}"}
+        if self.down:
+            what = "; ".join(f"{where[k]} looks down ({why})" for k, why in self.down.items())
+            return (f"{what}: stopped sending there; {self.kept + self.skipped:,} messages stay queued for the "
+                    f"next run (sent {self.sent:,}, failed {self.failed:,})")
+        errors = "; ".join(f"{where[k]}: {e}" for k, e in self.last_transient.items())
+        return (f"{self.kept:,} messages could not be sent after {settings.gateway.max_attempts} attempts each and "
+                f"stay queued for the next run ({errors}); sent {self.sent:,}, failed {self.failed:,}")
+
+
+class _Breaker:
+    """A sender looks down after `limit` messages in a row failed transiently (each after all its attempts);
+    a message sent, or refused for good (the gateway answered), resets the count."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.why = limit, 0, None
+
+    @property
+    def open(self) -> bool:
+        return self.why is not None
+
+    def record(self, outcome: Outcome) -> None:
+        if not outcome.transient:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit and self.why is None:
+            self.why = f"{self.in_a_row} messages in a row failed: {redact(outcome.error or '')}"
+
+
+def _sender(msg: dict) -> str:
+    return "smtp" if msg["channel"] == "email" else "gateway"
+
+
+async def _send_all(messages: list[dict], settings, recorder: _Recorder, result: SendResult, step=None) -> None:
     gw, smtp_cfg = settings.gateway, settings.smtp
     base = gw.backoff_seconds
     smtp = SmtpSender(smtp_cfg.host, smtp_cfg.port, smtp_cfg.sender, smtp_cfg.username, smtp_cfg.password,
                       smtp_cfg.starttls, timeout=gw.timeout_seconds)
     smtp_lock = asyncio.Lock()
     timeout = httpx.Timeout(gw.timeout_seconds)
+    breakers = {"gateway": _Breaker(gw.down_after), "smtp": _Breaker(gw.down_after)}
     # several small connection pools rather than one big one: httpcore's pool does work proportional
     # to its size for every request, so one pool of 64 is ~3x slower than 16 pools of 4.
     # TCP_NODELAY: a request's head and body go out at once, not held back by Nagle's algorithm.
@@ -276,12 +358,22 @@ async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=No
     ]
 
     async def one(i: int, msg: dict) -> None:
+        breaker = breakers[_sender(msg)]
+        if breaker.open:
+            result.skipped += 1           # left queued, untouched: the next run sends it
+            return
         if msg["channel"] == "email":
             async with smtp_lock:
+                if breaker.open:
+                    result.skipped += 1
+                    return
                 outcome = await asyncio.to_thread(smtp.send, msg, max_attempts=gw.max_attempts, base_delay=base)
         else:
             outcome = await send_webhook(clients[i % len(clients)], gw.webhook_url, msg,
                                          max_attempts=gw.max_attempts, base_delay=base, token=gw.token)
+        breaker.record(outcome)
+        if outcome.transient:
+            result.last_transient[_sender(msg)] = redact(outcome.error or "")
         recorder.add(outcome)
         if debug:
             to = mask_email(msg["recipient"]) if msg["channel"] == "email" else mask_phone(msg["recipient"])
@@ -303,34 +395,45 @@ async def _send_all(messages: list[dict], settings, recorder: _Recorder, step=No
         for client in clients:
             await client.aclose()
         await asyncio.to_thread(smtp.close)
+    result.down = {k: b.why for k, b in breakers.items() if b.open}
 
 
-def send_queued(target: duckdb.DuckDBPyConnection | str | Path, settings, step=None,
-                stats: dict | None = None, channels=AUTOMATIC) -> tuple[int, int, list[str]]:
-    """Send every queued automatic message; returns (sent, failed, failure lines). `target` is an open
-    connection (kept for the whole send) or the database's path: then the file is opened only briefly, to
-    list the messages and to record each batch of outcomes. `stats`, if given, receives `writes` (batches
-    recorded) and `held_seconds` (the file held open for them, path target)."""
+def send_queued(target: duckdb.DuckDBPyConnection | str | Path, settings, as_of: datetime, step=None,
+                channels=AUTOMATIC) -> SendResult:
+    """Send every queued automatic message that may still go at T; fail those that may not (with the
+    reason). `target` is an open connection (kept for the whole send) or the database's path: then the file
+    is opened only briefly, to list the messages and to record each batch of outcomes.
+    A message whose every attempt fails transiently stays queued; when `gateway.down_after` messages in a
+    row do so on one sender (the webhook gateway, or SMTP), the run stops sending there and leaves the rest
+    queued. The caller decides what a result with kept or skipped messages means (SendResult.problem)."""
+    result = SendResult()
     listed = 0.0
     if isinstance(target, duckdb.DuckDBPyConnection):
-        messages = queued_messages(target, channels)
+        messages = queued_messages(target, as_of, channels)
     else:
         opened = time.monotonic()
-        con = connect(target, read_only=True, setup=False)
+        con = connect(target, read_only=True)
         try:
-            messages = queued_messages(con, channels)
+            shop_macros(con, [(s.shop_id, s.timezone) for s in settings.shops])
+            messages = queued_messages(con, as_of, channels)
         finally:
             con.close()
             listed = time.monotonic() - opened
     recorder = _Recorder(target)
     try:
+        # what may no longer go fails at once, with its reason; it is never sent
+        for msg in messages:
+            if msg["fail_reason"]:
+                recorder.add(Outcome(msg["message_id"], "failed", 0, msg["fail_reason"]))
+                result.expired += 1
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_send_all(messages, settings, recorder, step))
+            runner.run(_send_all([m for m in messages if not m["fail_reason"]], settings, recorder, result, step))
     finally:
         recorder.close()
-    if stats is not None:
-        stats.update(writes=recorder.writes, held_seconds=listed + recorder.held_seconds)
-    return recorder.sent, recorder.failed, recorder.failures
+    result.sent, result.failed, result.failures = recorder.sent, recorder.failed, recorder.failures
+    result.kept = recorder.kept
+    result.writes, result.held_seconds = recorder.writes, listed + recorder.held_seconds
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,15 +444,12 @@ def prepare(con, as_of: datetime, *, dry_run: bool, validate=None, renderer: Ren
             channels=None):
     """Plan (or, dry, only build), list the new messages (of `channels` only, if given), validate and
     render them."""
-    if dry_run:
-        build(con, as_of)
-    else:
-        plan(con, as_of)
+    retired = build(con, as_of) if dry_run else plan(con, as_of).retired_shops
     frame = outbox(con, as_of)
     if channels:
         frame = frame.filter(pl.col("channel").is_in(list(channels)))
     checks = validate(con, frame, as_of) if validate is not None else []
-    return render_all(frame, renderer or Renderer()), checks
+    return render_all(frame, renderer or Renderer()), checks, retired
 
 
 def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=None, renderer=None,
@@ -360,8 +460,8 @@ def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=
     nor sent, and a later run creates them (their message_id does not exist yet)."""
     started = time.perf_counter()
     result = DispatchResult(as_of=as_of, dry_run=dry_run)
-    frame, result.validation = prepare(con, as_of, dry_run=dry_run, validate=validate, renderer=renderer,
-                                       channels=channels)
+    frame, result.validation, result.retired_shops = prepare(con, as_of, dry_run=dry_run, validate=validate,
+                                                             renderer=renderer, channels=channels)
     result.created = {f"{p}/{c}": n for p, c, n in frame.group_by("purpose", "channel").len().sort("purpose", "channel").iter_rows()}
     result.long_sms = frame.filter(pl.col("segments") > 1).height
     result.calls_queued = frame.filter(pl.col("channel") == "call").height
@@ -376,8 +476,7 @@ def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=
         return result
     write_outbox(con, frame, as_of)
     if send:
-        result.sent, result.failed, result.failures = send_queued(con, settings, step,
-                                                                  channels=channels or AUTOMATIC)
+        result.take(send_queued(con, settings, as_of, step, channels=channels or AUTOMATIC), settings)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -394,10 +493,9 @@ def dispatch_db(db: str | Path, settings, as_of: datetime, *, dry_run: bool = Fa
                           send=False, channels=channels)
     held = time.perf_counter() - started
     if not dry_run:
-        stats: dict = {}
-        result.sent, result.failed, result.failures = send_queued(Path(db), settings, step, stats,
-                                                                  channels=channels or AUTOMATIC)
-        held += stats["held_seconds"]
+        sent = send_queued(Path(db), settings, as_of, step, channels=channels or AUTOMATIC)
+        result.take(sent, settings)
+        held += sent.held_seconds
         opened = time.perf_counter()
         con = connect(db, setup=False)
         try:

@@ -1,4 +1,4 @@
-"""Plan at an evaluation time T (CONTRACT §2-5): run the SQL models, write the marts.
+"""Plan at an evaluation time T (docs/rules.md §2-5): run the SQL models, write the marts.
 
 The models under sql/intermediate and sql/marts are materialised in order as temp tables, with T bound
 as ``$as_of`` (never the wall clock). Then, in one transaction, the marts' rows for T are replaced
@@ -46,6 +46,7 @@ class PlanResult:
     visit_tasks: int = 0
     visit_channels: dict[str, int] = field(default_factory=dict)
     segments_written: bool = False
+    retired_shops: dict[str, int] = field(default_factory=dict)   # shop -> orders not planned (retired_shops)
     seconds: float = 0.0
 
 
@@ -54,7 +55,7 @@ class PlanResult:
 
 
 def parse_as_of(text: str | None) -> datetime:
-    """ISO 8601 with an offset or Z (CONTRACT §9); None: now."""
+    """ISO 8601 with an offset or Z (docs/rules.md §9); None: now."""
     if text is None:
         return datetime.now(timezone.utc).replace(microsecond=0)
     try:
@@ -93,7 +94,7 @@ def backfill_times(start: datetime, end: datetime, every: timedelta) -> list[dat
 
 
 # --------------------------------------------------------------------------------------------------
-# template variants: which product tones have a template (CONTRACT §4)
+# template variants: which product tones have a template (docs/rules.md §4)
 
 
 def template_variants(root: Path | None = None) -> list[str]:
@@ -114,8 +115,34 @@ def _bind(sql: str, params: dict) -> dict:
     return {k: v for k, v in params.items() if f"${k}" in sql}
 
 
-def build(con: duckdb.DuckDBPyConnection, as_of: datetime, variants: list[str] | None = None) -> None:
-    """Materialise every model for T as temp tables (intermediate models, then the marts as mart_<name>)."""
+def check_shops(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """The retired shops that have orders (shop -> orders). A shop with orders in the database that the
+    configuration neither configures nor retires stops the plan (PlanError): its orders would silently
+    drop out of the marts, which is most often a wrong --config."""
+    rows = con.execute(
+        "SELECT orders.shop_id, count(*), bool_or(retired.shop_id IS NOT NULL) FROM staging.orders AS orders "
+        "LEFT JOIN ops.retired_shops AS retired ON retired.shop_id = orders.shop_id "
+        "WHERE orders.shop_id NOT IN (SELECT shop_id FROM ops.shops) GROUP BY 1 ORDER BY 1").fetchall()
+    unknown = [(shop, n) for shop, n, retired in rows if not retired]
+    if unknown:
+        shops = ", ".join(f"{shop!r} ({n:,} orders)" for shop, n in unknown)
+        listed = ", ".join(f'"{shop}"' for shop, _ in unknown)
+        raise PlanError(f"the database holds shop{'s' if len(unknown) > 1 else ''} {shops} that the shops "
+                        f"configuration does not have: put its [[shops]] block back (or pass the right --config), "
+                        f"or add retired_shops = [{listed}] to stop planning it (its data stays); nothing was planned")
+    return {shop: n for shop, n, _ in rows}
+
+
+def retired_line(retired: dict[str, int]) -> str:
+    """'retired shop 's3' (9,812 orders)', for the one line a plan or dispatch says about them."""
+    return ", ".join(f"retired shop {shop!r} ({n:,} orders)" for shop, n in retired.items())
+
+
+def build(con: duckdb.DuckDBPyConnection, as_of: datetime, variants: list[str] | None = None) -> dict[str, int]:
+    """Materialise every model for T as temp tables (intermediate models, then the marts as mart_<name>).
+    Returns the retired shops left out (shop -> orders); refuses a shop that is neither configured nor
+    retired (check_shops)."""
+    retired = check_shops(con)
     params = {"as_of": as_of, "variants": variants if variants is not None else template_variants()}
     for name in INTERMEDIATE:
         sql = sql_text(f"intermediate/{name}.sql")
@@ -123,6 +150,7 @@ def build(con: duckdb.DuckDBPyConnection, as_of: datetime, variants: list[str] |
     for name in MARTS:
         sql = sql_text(f"marts/{name}.sql")
         con.execute(f"CREATE OR REPLACE TEMP TABLE mart_{name} AS {sql}", _bind(sql, params))
+    return retired
 
 
 def plan(
@@ -137,7 +165,7 @@ def plan(
     (a backfill writes it only at its last T)."""
     started = time.perf_counter()
     result = PlanResult(as_of=as_of)
-    build(con, as_of, variants)
+    result.retired_shops = build(con, as_of, variants)
     with transaction(con):
         for name in MARTS:
             con.execute(f"DELETE FROM marts.{name} WHERE as_of = ?", [as_of])
@@ -145,7 +173,7 @@ def plan(
         if segments:
             result.segments_written = refresh_segments(con, as_of)
         if result.segments_written:
-            # the feedback and the reminders' effect, as of the newest T (CONTRACT §8)
+            # the feedback and the reminders' effect, as of the newest T (docs/rules.md §8)
             for name in REPORTS:
                 con.execute(f"DELETE FROM marts.{name}")
                 con.execute(f"INSERT INTO marts.{name} BY NAME {sql_text(f'marts/{name}.sql')}", {"as_of": as_of})

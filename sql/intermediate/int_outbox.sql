@@ -1,15 +1,16 @@
--- int_outbox: the messages a dispatch at T creates (CONTRACT §5-§7), from the marts built for T:
+-- int_outbox: the messages a dispatch at T creates (docs/rules.md §5-§7), from the marts built for T:
 --   every 'remind' decision (purpose payment_reminder, on the segment's channel),
 --   every visit task with channel 'call', and every automatic follow-up (sms, email) whose due_at <= T.
 -- message_id = purpose || ':' || order_id, so one purpose and order is one message, ever: a message
 -- already in ops.messages (whatever its status) is not created again.
+-- expires_at: until when a queued message is still worth sending (a later run fails it after that).
 -- Carries the facts the templates use and the columns the dispatch validation checks
 -- (paid_at_t, in_quiet, over_cap, opted_out must all be false; recipient must be known but for calls).
 with reminders as (
     select
         'payment_reminder' as purpose, shop_id, order_id, customer_id, channel,
         case when channel = 'call' then 'call_script/payment_reminder' else template end as template,
-        NULL::VARCHAR as tier, NULL::INTEGER as rating, NULL::VARCHAR as review_text
+        NULL::VARCHAR as tier, NULL::BIGINT as rank, NULL::INTEGER as rating, NULL::VARCHAR as review_text
     from mart_reminder_decisions
     where decision = 'remind'
 ),
@@ -18,7 +19,7 @@ followups as (
     select
         'followup' as purpose, shop_id, order_id, customer_id, channel,
         case when channel = 'call' then 'call_script/followup' else 'followup/' || channel end as template,
-        tier, rating, review_text
+        tier, rank, rating, review_text
     from mart_visit_tasks
     where channel = 'call' or (channel in ('sms', 'email') and due_at <= $as_of::TIMESTAMPTZ)
 ),
@@ -59,6 +60,12 @@ final as (
                                                                               as recipient,
         new_messages.template,
         $as_of::TIMESTAMPTZ                                                   as created_at,
+        -- still worth sending until: a reminder its order's deadline, an automatic follow-up the end of
+        -- D (its due day); a follow-up call has no end (agents call back later)
+        case when new_messages.purpose = 'payment_reminder'
+             then orders.created_at + to_minutes(clock.auto_close_minutes - clock.close_margin_minutes)
+             when new_messages.channel <> 'call'
+             then crm_shop_utc(new_messages.shop_id, (clock.local_date + 1)::TIMESTAMP) end as expires_at,
         -- what the templates say
         clock.name as shop_name, clock.locale, clock.visit_trigger,
         coalesce(reach.name, '')                                              as customer_name,
@@ -69,7 +76,8 @@ final as (
                  '%Y-%m-%d %H:%M')                                             as close_time,
         clock.second_purchase_offer                                           as offer,
         coalesce(segments.prior_purchases, 0)                                 as paid_orders,
-        new_messages.tier, new_messages.rating, new_messages.review_text,
+        -- the visit task behind a follow-up, kept on the message for the agents
+        new_messages.tier, new_messages.rank, new_messages.rating, new_messages.review_text,
         -- checks (all must be false)
         new_messages.purpose = 'payment_reminder'
             and orders.paid_at is not null and orders.paid_at <= $as_of::TIMESTAMPTZ        as paid_at_t,

@@ -1,23 +1,26 @@
--- call_list: the agents' follow-up calls of one shop (CONTRACT §5-§6), for the page `crm serve`.
+-- call_list: the agents' follow-up calls of one shop (docs/rules.md §5-§6), for the page `crm serve`.
 -- A call is an ops.messages row (purpose 'followup', channel 'call'): 'queued' until an agent records a
 -- reached outcome, then 'done'. Listed: every queued call (also one left from an earlier day) and every
 -- call done on the shop's local day of $now; or only $order_id's call when it is given.
--- Context for the agent: the visit task the call came from (tier, rank, review) at the T that created the
--- message, the order, what was bought, the customer, and the latest outcome recorded (a call-back time).
--- Order: tier in the contract's order, then the run that created it, then the rank the plan gave.
+-- Context for the agent: the visit task the call came from (tier, rank, review), as the plan that created
+-- the message saw it (kept on the message, so a later plan cannot change it; a message from before that
+-- was kept falls back to the task row of its T), the order, what was bought, the customer, and the latest
+-- outcome recorded (a call-back time).
+-- Order: tier in the order of docs/rules.md §5, then the run that created it, then the rank the plan gave.
 with calls as (
-    select message_id, order_id, customer_id, status, created_at, as_of, body as script
+    select message_id, order_id, customer_id, status, created_at, as_of, body as script,
+           tier, rank, rating, review_text
     from ops.messages
     where purpose = 'followup' and channel = 'call' and shop_id = $shop_id
       and ($order_id is null or order_id = $order_id)
 ),
 
 tasks as (
-    -- the task row of the run that created the call (or the latest one before it)
+    -- older messages only: the task row of the run that created the call (or the latest one before it)
     select tasks.*
     from marts.visit_tasks as tasks
     join calls on calls.order_id = tasks.order_id and tasks.as_of <= coalesce(calls.as_of, calls.created_at)
-    where tasks.shop_id = $shop_id
+    where tasks.shop_id = $shop_id and calls.tier is null
     qualify row_number() over (partition by tasks.order_id order by tasks.as_of desc) = 1
 ),
 
@@ -50,9 +53,14 @@ final as (
         -- the call
         calls.message_id, calls.order_id, calls.customer_id, calls.status, calls.created_at, calls.script,
         -- why it is on the list
-        tasks.tier, tasks.rank, tasks.as_of as planned_at, tasks.rating, tasks.review_text,
-        case when tasks.tier = 'complaint_in_praise'
-             then list_filter(shops.complaint_keywords, k -> contains(lower(tasks.review_text), lower(k))) end
+        coalesce(calls.tier, tasks.tier)                                  as tier,
+        coalesce(calls.rank, tasks.rank)                                  as rank,
+        case when calls.tier is not null then calls.as_of else tasks.as_of end as planned_at,
+        case when calls.tier is not null then calls.rating else tasks.rating end as rating,
+        case when calls.tier is not null then calls.review_text else tasks.review_text end as review_text,
+        case when coalesce(calls.tier, tasks.tier) = 'complaint_in_praise'
+             then list_filter(shops.complaint_keywords,
+                              k -> contains(lower(coalesce(calls.review_text, tasks.review_text)), lower(k))) end
             as complaint_words,
         shops.high_value_amount,
         -- the order

@@ -307,7 +307,8 @@ def demo(
     _print_dispatch(result["dispatch"], 3)
     console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
     console.print(f"{result['calls']['calls_queued']} calls queued for the agents (nothing else sent): "
-                  f"crm --db {STATE.db} --config {STATE.config} serve, then open http://127.0.0.1:8000/", highlight=False)
+                  f"./run crm --db {STATE.db} --config {STATE.config} serve --as-of {summary.anchor.isoformat()}, "
+                  "then open http://127.0.0.1:8000/", highlight=False)
 
 
 @app.command()

@@ -306,9 +306,12 @@ def demo(
     _print_plan(result["plan"])
     _print_dispatch(result["dispatch"], 3)
     console.print(f"demo data as of {summary.anchor:%Y-%m-%d %H:%M} UTC is in {STATE.db} (config {STATE.config})")
-    console.print(f"{result['calls']['calls_queued']} calls queued for the agents (nothing else sent): "
-                  f"./run crm --db {STATE.db} --config {STATE.config} serve --as-of {summary.anchor.isoformat()}, "
-                  "then open http://127.0.0.1:8000/", highlight=False)
+    console.print(f"{result['calls']['calls_queued']} calls queued for the agents (nothing else sent); their page:",
+                  highlight=False)
+    # one unbroken line, so it can be copied
+    console.print(f"  ./run crm --db {STATE.db} --config {STATE.config} serve --as-of {summary.anchor.isoformat()}",
+                  highlight=False, soft_wrap=True)
+    console.print("then open http://127.0.0.1:8000/", highlight=False)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
+from urllib.parse import quote
 
 import httpx
 
@@ -70,29 +71,49 @@ def backoff(attempt: int, base: float) -> float:
     return random.uniform(0, min(MAX_BACKOFF, base * 2 ** (attempt - 1)))
 
 
+# printable ASCII stays as it is in a header value; anything else (订单-2, a control character) is
+# percent-encoded as in a URL, so every id is a valid, stable and unique header value
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F))
+
+
+def header_value(message_id: str) -> str:
+    """A message id as an HTTP header value: 'followup:订单-2' -> 'followup:%E8%AE%A2%E5%8D%95-2'."""
+    return quote(message_id, safe=_HEADER_SAFE)
+
+
+async def _answer_text(response: httpx.Response) -> str:
+    """What the gateway said, for last_error; a body that cannot be read or decoded says so instead."""
+    try:
+        await response.aread()
+        return response.text[:300]
+    except (httpx.DecodingError, httpx.TransportError, UnicodeDecodeError) as e:
+        return f"(unreadable answer: {type(e).__name__})"
+
+
 async def send_webhook(client: httpx.AsyncClient, url: str, msg: dict, *, max_attempts: int, base_delay: float,
                        token: str = "") -> Outcome:
     payload = {k: msg[k] for k in ("message_id", "channel", "shop_id", "purpose")} | {"to": msg["recipient"],
                                                                                        "body": msg["body"]}
-    headers = {"Idempotency-Key": msg["message_id"]}
+    headers = {"Idempotency-Key": header_value(msg["message_id"])}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     error = None
     for attempt in range(1, max_attempts + 1):
         wait = None
         try:
-            response = await client.post(url, json=payload, headers=headers)
+            # the status decides; the body is read only to keep an error's text (a 2xx whose body cannot be
+            # decoded, e.g. a broken Content-Encoding, is still accepted)
+            async with client.stream("POST", url, json=payload, headers=headers) as response:
+                if 200 <= response.status_code < 300:
+                    return Outcome(msg["message_id"], "sent", attempt, sent_at=datetime.now(timezone.utc))
+                error = f"HTTP {response.status_code}: {await _answer_text(response)}"
+                if response.status_code not in RETRYABLE_STATUS:
+                    return Outcome(msg["message_id"], "failed", attempt, error)
+                wait = _retry_after(response)
         except httpx.TimeoutException:
             error = "timeout"
         except httpx.TransportError as e:          # refused connection, reset, DNS …
             error = f"connection error: {type(e).__name__}"
-        else:
-            if 200 <= response.status_code < 300:
-                return Outcome(msg["message_id"], "sent", attempt, sent_at=datetime.now(timezone.utc))
-            error = f"HTTP {response.status_code}: {response.text[:300]}"
-            if response.status_code not in RETRYABLE_STATUS:
-                return Outcome(msg["message_id"], "failed", attempt, error)
-            wait = _retry_after(response)
         if attempt < max_attempts:
             await asyncio.sleep(min(MAX_BACKOFF, wait) if wait is not None else backoff(attempt, base_delay))
     return _kept(msg["message_id"], max_attempts, error)
@@ -127,7 +148,8 @@ class SmtpSender:
                 pass
             self._smtp = None
 
-    def send(self, msg: dict, *, max_attempts: int, base_delay: float) -> Outcome:
+    def send(self, msg: dict, *, max_attempts: int, base_delay: float, journal=None) -> Outcome:
+        """Send one email at most once; `journal` (crm.journal.SendJournal) hears of it before it goes."""
         html = is_html(msg["body"])
         if html:
             # an HTML page (the feedback report): its <title> is the subject, a text part the fallback
@@ -136,8 +158,9 @@ class SmtpSender:
             subject, _, body = msg["body"].partition("\n")      # a plain message: its first line is the subject
         mail = EmailMessage()
         mail["From"], mail["To"], mail["Subject"] = self.sender, msg["recipient"], subject.strip()
-        mail["Message-ID"] = email.utils.make_msgid(idstring=msg["message_id"].replace(":", "."))
-        mail["X-CRM-Message-Id"] = msg["message_id"]
+        # header-safe forms of the id (an order id may hold any character)
+        mail["Message-ID"] = email.utils.make_msgid(idstring=quote(msg["message_id"], safe="").replace("%", "="))
+        mail["X-CRM-Message-Id"] = header_value(msg["message_id"])
         mail.set_content(body.strip() + "\n")
         if html:
             # multipart/alternative: text, then HTML; mail clients drop inline SVG, so each chart goes as a
@@ -146,24 +169,75 @@ class SmtpSender:
             mail.add_alternative(page, subtype="html")
             for cid, png in images:
                 mail.get_payload()[1].add_related(png, "image", "png", cid=f"<{cid}>")
+        return self._deliver(mail, msg["message_id"], max_attempts=max_attempts, base_delay=base_delay,
+                             journal=journal)
+
+    def _ready(self) -> smtplib.SMTP:
+        """A connection that answers now: a reused one the server may have dropped while idle is checked
+        (NOOP) and replaced, so that a message is only ever begun on a live connection."""
+        if self._smtp is not None:
+            try:
+                if self._smtp.noop()[0] == 250:
+                    return self._smtp
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._smtp = None
+        return self._connect()
+
+    def _deliver(self, mail: EmailMessage, message_id: str, *, max_attempts: int, base_delay: float,
+                 journal=None) -> Outcome:
+        """At most once: a failure before the message is handed over (no connection) or an explicit refusal
+        by the server is safe to try again; a connection that breaks while the message is being handed over
+        leaves it in doubt, and it is not tried again (docs/rules.md §7)."""
         error = None
         for attempt in range(1, max_attempts + 1):
             try:
-                self._connect().send_message(mail)
-                return Outcome(msg["message_id"], "sent", attempt, sent_at=datetime.now(timezone.utc))
-            except smtplib.SMTPResponseException as e:
-                error = f"SMTP {e.smtp_code}: {e.smtp_error.decode(errors='replace')[:200] if isinstance(e.smtp_error, bytes) else e.smtp_error}"
+                smtp = self._ready()
+            except smtplib.SMTPResponseException as e:      # refused at greeting / login: nothing was sent
+                error = f"SMTP {e.smtp_code}: {_smtp_text(e)}"
                 self.close()
                 if e.smtp_code >= 500:
-                    return Outcome(msg["message_id"], "failed", attempt, error)
-            except smtplib.SMTPRecipientsRefused as e:
-                return Outcome(msg["message_id"], "failed", attempt, f"recipient refused: {list(e.recipients.values())[:1]}")
+                    return self._not_sent(journal, Outcome(message_id, "failed", attempt, error))
             except (OSError, smtplib.SMTPException) as e:
                 error = f"SMTP connection error: {type(e).__name__}"
                 self.close()
+            else:
+                if journal is not None:
+                    journal.begin(message_id)
+                try:
+                    smtp.send_message(mail)
+                except smtplib.SMTPRecipientsRefused as e:
+                    return self._not_sent(journal, Outcome(message_id, "failed", attempt,
+                                                           f"recipient refused: {list(e.recipients.values())[:1]}"))
+                except smtplib.SMTPResponseException as e:  # the server answered no: it did not take the message
+                    error = f"SMTP {e.smtp_code}: {_smtp_text(e)}"
+                    self.close()
+                    if journal is not None:
+                        journal.not_sent(message_id)
+                    if e.smtp_code >= 500:
+                        return Outcome(message_id, "failed", attempt, error)
+                except (OSError, smtplib.SMTPException) as e:
+                    self.close()
+                    return Outcome(message_id, "failed", attempt,
+                                   f"in doubt: the connection broke while the message was being handed over "
+                                   f"({type(e).__name__}); it may have gone out, so it is not sent again automatically")
+                else:
+                    if journal is not None:
+                        journal.accepted(message_id)
+                    return Outcome(message_id, "sent", attempt, sent_at=datetime.now(timezone.utc))
             if attempt < max_attempts:
                 time.sleep(backoff(attempt, base_delay))
-        return _kept(msg["message_id"], max_attempts, error)
+        return _kept(message_id, max_attempts, error)
+
+    @staticmethod
+    def _not_sent(journal, outcome: Outcome) -> Outcome:
+        if journal is not None:
+            journal.not_sent(outcome.message_id)
+        return outcome
+
+
+def _smtp_text(e: smtplib.SMTPResponseException) -> str:
+    return (e.smtp_error.decode(errors="replace") if isinstance(e.smtp_error, bytes) else str(e.smtp_error))[:200]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -246,6 +246,9 @@ def dispatch(
     only: Optional[list[str]] = typer.Option(None, "--only", help="Only this channel (sms, chat, email, call; "
                                              "repeatable), e.g. --only call to queue the agents' calls; the "
                                              "others are left for a later run."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="First queue the failed messages again under "
+                                      "the same id (e.g. e-mails in doubt after a crash, once you know they did not "
+                                      "go out); each is checked again before it goes."),
 ) -> None:
     """Plan at T, validate, then render and send what is due: SMS/chat by webhook, email by SMTP,
     calls queued for the agents. Each message goes out once, whatever is re-run."""
@@ -257,7 +260,7 @@ def dispatch(
     _require_db()
     s = _run_flow("dispatch", "flows.dispatch:dispatch_flow", partial=lambda s: _print_dispatch(s, show),
                   as_of=as_of, db=str(STATE.db), config=str(STATE.config), dry_run=dry_run,
-                  channels=list(only) if only else None)
+                  channels=list(only) if only else None, retry_failed=retry_failed)
     _print_dispatch(s, show)
 
 
@@ -265,6 +268,8 @@ def _print_dispatch(s: dict, show: int) -> None:
     created = ", ".join(f"{k}: {n:,}" for k, n in s["created"].items()) or "none"
     console.print(f"dispatch at {s['as_of']}{' (dry run: nothing written or sent)' if s['dry_run'] else ''}")
     console.print(f"  new messages: {created}")
+    if s.get("requeued"):
+        console.print(f"  failed messages queued again: {s['requeued']:,}{' (would be)' if s['dry_run'] else ''}")
     _print_retired(s)
     if s["long_sms"]:
         console.print(f"  [yellow]{s['long_sms']:,} SMS longer than one segment (70 Chinese / 160 GSM characters)[/]")
@@ -273,8 +278,14 @@ def _print_dispatch(s: dict, show: int) -> None:
         console.print(f"  sent {s['sent']:,}, failed {s['failed']:,}"
                       + (f", kept queued for the next run {kept:,}" if kept else "")
                       + f"; {s['calls_queued']:,} calls queued for agents ({s['seconds']:.1f} s)")
-        if s.get("expired"):
-            console.print(f"  [yellow]{s['expired']:,} queued messages were no longer worth sending: failed unsent[/]")
+        if s.get("withdrawn"):
+            console.print(f"  [yellow]{s['withdrawn']:,} queued messages may no longer go (paid, closed, opted out, past "
+                          f"their time …): failed unsent, each with its reason in ops.messages.last_error[/]")
+        if s.get("waiting"):
+            console.print(f"  {s['waiting']:,} queued messages wait: quiet hours or the daily cap now")
+        if s.get("in_doubt"):
+            console.print(f"  [yellow]{s['in_doubt']:,} e-mails of a run that stopped mid-send are in doubt: failed, "
+                          f"not sent again (crm dispatch --retry-failed re-queues them)[/]")
         for line in s["failures"][:10]:
             console.print(f"  [red]failed[/] {line}", highlight=False)
     for m in s["preview"][:show]:

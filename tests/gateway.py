@@ -1,7 +1,8 @@
 """A real SMS/chat gateway for tests and the benchmark: an ASGI app served by uvicorn on 127.0.0.1.
 
 It is scripted per message: `script[message_id]` is a list of behaviours used one per request
-('ok', ('status', 503), ('retry_after', 429, seconds), ('slow', seconds), ('status', 400, 'bad number'));
+('ok', ('status', 503), ('retry_after', 429, seconds), ('slow', seconds), ('status', 400, 'bad number'),
+('broken_body',): accepted, answered 200 with a body that does not decode);
 without a script every request is answered 200 after `delay` seconds; with `down` set, every one 503. Like a real gateway it honours
 Idempotency-Key: a message is *accepted* once, and a repeat of an accepted key gets 200 again
 without being accepted twice (`repeats` counts those).
@@ -14,11 +15,12 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from urllib.parse import unquote
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 
@@ -36,7 +38,8 @@ class Gateway:
 
     # ------------------------------------------------------------------ app
     async def _send(self, request: Request):
-        key = request.headers.get("idempotency-key")
+        # the key is the message id, percent-encoded where it is not printable ASCII (docs/rules.md §7)
+        key = unquote(request.headers.get("idempotency-key") or "")
         payload = await request.json()
         if not key or key != payload.get("message_id"):
             self.missing_key += 1
@@ -52,6 +55,11 @@ class Gateway:
                 self.accepted[key] = payload
             self.requests.append((time.monotonic(), key, 200))
             return JSONResponse({"id": key, "status": "accepted"})
+        if behaviour[0] == "broken_body":
+            # accepted, but the answer's body does not decode (a gateway with a broken Content-Encoding)
+            self.accepted.setdefault(key, payload)
+            self.requests.append((time.monotonic(), key, 200))
+            return Response(b"this is not gzip", headers={"content-encoding": "gzip"})
         status = behaviour[1]
         self.requests.append((time.monotonic(), key, status))
         if behaviour[0] == "retry_after":

@@ -102,7 +102,7 @@ def test_a_reminder_kept_queued_past_its_deadline_fails_unsent(crowd):
     # the orders were placed at 10:00; 1440 - 5 minutes later their deadline (next day 09:55) has passed
     late = local("2026-11-25 09:55")
     r = dispatch_db(db, settings, late)
-    assert (r.sent, r.expired, r.failed, r.problem) == (0, N, N, None)
+    assert (r.sent, r.withdrawn, r.failed, r.problem) == (0, N, N, None)
     assert gw.accepted == {}, "nothing went to the gateway"
     errors = rows(db, "SELECT DISTINCT status, last_error FROM ops.messages")
     assert errors == [("failed", "expired: not sent by 2026-11-25 09:55 local time, when it stopped being worth "
@@ -125,8 +125,8 @@ def test_a_followup_kept_queued_is_worth_sending_until_its_due_day_ends(tmp_path
         r = dispatch_db(db, settings, local("2026-11-24 11:05"))      # due on 11-24, in the 11:00 window
         assert r.created == {"followup/sms": 1} and r.kept == 1
         gw.down = False
-        # the same evening it still goes
-        still = dispatch_db(db, settings, local("2026-11-24 23:59"))
+        # that evening it still goes
+        still = dispatch_db(db, settings, local("2026-11-24 20:59"))
         assert (still.sent, still.failed) == (1, 0)
 
         # another one kept past its day fails unsent the next morning
@@ -138,8 +138,12 @@ def test_a_followup_kept_queued_is_worth_sending_until_its_due_day_ends(tmp_path
         gw.down = True
         dispatch_db(db, settings, local("2026-11-25 11:05"))
         gw.down = False
+        # in the quiet hours (21:00-09:00) it waits, untouched …
+        quiet = dispatch_db(db, settings, local("2026-11-25 22:00"))
+        assert (quiet.sent, quiet.failed, quiet.waiting) == (0, 0, 1)
+        # … and the next morning its day is over
         late = dispatch_db(db, settings, local("2026-11-26 11:05"))
-        assert (late.sent, late.expired) == (0, 1)
+        assert (late.sent, late.withdrawn) == (0, 1)
         assert rows(db, "SELECT status, last_error FROM ops.messages WHERE order_id = 'd2'") == [
             ("failed", "expired: not sent by 2026-11-26 00:00 local time, when it stopped being worth sending")]
     finally:

@@ -90,7 +90,7 @@ def test_a_retired_shops_queued_messages_fail_unsent(db_path):
         status, error = con.execute("SELECT status, last_error FROM ops.messages "
                                     "WHERE message_id = 'payment_reminder:s3-u0'").fetchone()
         assert status == "failed" and error.startswith("retired_shop"), error
-        assert r.expired == 1
+        assert r.withdrawn == 1
     finally:
         con.close()
         gw.stop()

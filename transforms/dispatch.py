@@ -34,7 +34,7 @@ import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -43,6 +43,7 @@ import polars as pl
 import uvloop
 
 from crm.channels import Outcome, SmtpSender, send_webhook
+from crm.journal import IN_DOUBT, SendJournal
 from crm.db import DatabaseLocked, connect, publish_snapshot, session, shop_macros, sql_text, transaction
 from crm.redact import mask_email, mask_phone, redact
 from crm.render import Renderer, sms_segments
@@ -70,7 +71,10 @@ class DispatchResult:
     failures: list[str] = field(default_factory=list)
     kept: int = 0                                              # transient failures: still queued for a later run
     skipped: int = 0                                           # not tried, their gateway looked down: still queued
-    expired: int = 0                                           # failed unsent: no longer worth sending at T
+    withdrawn: int = 0                                         # failed unsent: may no longer go at T (paid, …)
+    waiting: int = 0                                           # not tried: quiet hours or the daily cap at T
+    in_doubt: int = 0                                          # e-mails a run that died may have sent: failed
+    requeued: int = 0                                          # --retry-failed: failed messages queued again
     problem: str | None = None                                 # one line when messages stayed queued (gateway down)
     retired_shops: dict[str, int] = field(default_factory=dict)   # shop -> orders not planned (retired_shops)
     validation: list[dict] = field(default_factory=list)
@@ -79,7 +83,8 @@ class DispatchResult:
 
     def take(self, sent: "SendResult", settings) -> None:
         self.sent, self.failed, self.failures = sent.sent, sent.failed, sent.failures
-        self.kept, self.skipped, self.expired = sent.kept, sent.skipped, sent.expired
+        self.kept, self.skipped, self.withdrawn = sent.kept, sent.skipped, sent.withdrawn
+        self.waiting, self.in_doubt = sent.waiting, sent.in_doubt
         self.problem = sent.problem(settings)
 
 
@@ -232,14 +237,7 @@ class _Recorder:
         return True
 
     def _record(self, batch: list[Outcome], wait_seconds: float) -> None:
-        frame = pl.DataFrame({
-            "message_id": [o.message_id for o in batch],
-            "status": [o.status for o in batch],
-            "attempts": [o.attempts for o in batch],
-            "error": [o.error for o in batch],
-            "sent_at": [o.sent_at for o in batch],
-        }, schema={"message_id": pl.String, "status": pl.String, "attempts": pl.Int32, "error": pl.String,
-                   "sent_at": pl.Datetime("us", "UTC")}).to_arrow()
+        frame = _outcomes_frame(batch)
         if isinstance(self.target, duckdb.DuckDBPyConnection):
             _update(self.target, frame)       # never locked: always written at once, on the caller's thread
             return
@@ -250,6 +248,17 @@ class _Recorder:
         finally:
             con.close()
             self.held_seconds += time.monotonic() - started     # open + write + close (with any wait before)
+
+
+def _outcomes_frame(batch: list[Outcome]):
+    return pl.DataFrame({
+        "message_id": [o.message_id for o in batch],
+        "status": [o.status for o in batch],
+        "attempts": [o.attempts for o in batch],
+        "error": [o.error for o in batch],
+        "sent_at": [o.sent_at for o in batch],
+    }, schema={"message_id": pl.String, "status": pl.String, "attempts": pl.Int32, "error": pl.String,
+               "sent_at": pl.Datetime("us", "UTC")}).to_arrow()
 
 
 def _update(con: duckdb.DuckDBPyConnection, outcomes) -> None:
@@ -267,11 +276,13 @@ def _update(con: duckdb.DuckDBPyConnection, outcomes) -> None:
         con.unregister("_outcomes")
 
 
-def queued_messages(con: duckdb.DuckDBPyConnection, as_of: datetime, channels=AUTOMATIC) -> list[dict]:
-    """The queued automatic messages a send at T takes up (sql/dispatch/send_queue.sql), oldest first; each
-    with ``fail_reason`` when it may no longer go (e.g. past the time it was worth sending)."""
+def queued_messages(con: duckdb.DuckDBPyConnection, as_of: datetime, channels=AUTOMATIC,
+                    ids: list[str] | None = None) -> list[dict]:
+    """The queued automatic messages a send at T takes up (sql/dispatch/send_queue.sql), oldest first, each
+    checked again for T: ``fail_reason`` when it may no longer go, ``wait_reason`` when it must wait.
+    `ids`: only those (a batch about to go)."""
     cursor = con.execute(sql_text("dispatch/send_queue.sql"),
-                         {"as_of": as_of, "channels": [c for c in channels if c in AUTOMATIC]})
+                         {"as_of": as_of, "channels": [c for c in channels if c in AUTOMATIC], "ids": ids})
     cols = [d[0] for d in cursor.description]
     return [dict(zip(cols, r)) for r in cursor.fetchall()]
 
@@ -288,15 +299,18 @@ class GatewayDown(Exception):
 @dataclass
 class SendResult:
     sent: int = 0
-    failed: int = 0                   # for good: a permanent answer, or no longer worth sending
-    expired: int = 0                  # of those, not sent because their time had passed (not attempted)
+    failed: int = 0                   # for good: a permanent answer, in doubt, or no longer allowed to go
+    withdrawn: int = 0                # of those, failed unsent at the check before their batch (fail_reason)
+    in_doubt: int = 0                 # of those, e-mails a run that died may have handed over already
     kept: int = 0                     # every attempt failed transiently: still queued, for a later run
     skipped: int = 0                  # not attempted: their gateway looked down; still queued
+    waiting: int = 0                  # not attempted: quiet hours or the daily cap at T; still queued
     failures: list[str] = field(default_factory=list)
     down: dict[str, str] = field(default_factory=dict)    # 'gateway' / 'smtp' -> why it looked down
     last_transient: dict[str, str] = field(default_factory=dict)   # sender -> the last transient error
     writes: int = 0
     held_seconds: float = 0.0
+    checks: int = 0                   # batches checked again just before they went
 
     def problem(self, settings) -> str | None:
         """One line when messages stayed queued for a gateway that could not be reached, else None."""
@@ -337,102 +351,195 @@ def _sender(msg: dict) -> str:
     return "smtp" if msg["channel"] == "email" else "gateway"
 
 
-async def _send_all(messages: list[dict], settings, recorder: _Recorder, result: SendResult, step=None) -> None:
-    gw, smtp_cfg = settings.gateway, settings.smtp
-    base = gw.backoff_seconds
-    smtp = SmtpSender(smtp_cfg.host, smtp_cfg.port, smtp_cfg.sender, smtp_cfg.username, smtp_cfg.password,
-                      smtp_cfg.starttls, timeout=gw.timeout_seconds)
-    smtp_lock = asyncio.Lock()
-    timeout = httpx.Timeout(gw.timeout_seconds)
-    breakers = {"gateway": _Breaker(gw.down_after), "smtp": _Breaker(gw.down_after)}
-    # several small connection pools rather than one big one: httpcore's pool does work proportional
-    # to its size for every request, so one pool of 64 is ~3x slower than 16 pools of 4.
-    # TCP_NODELAY: a request's head and body go out at once, not held back by Nagle's algorithm.
-    per_pool = 4
-    debug = log.isEnabledFor(logging.DEBUG)
-    clients = [
-        httpx.AsyncClient(timeout=timeout, transport=httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
-        for _ in range(max(1, -(-gw.concurrency // per_pool)))
-    ]
+class _Senders:
+    """The run's connections to the gateway (httpx clients) and the SMTP server, with a breaker for each; sends
+    one batch at a time. E-mail goes at most once: each is written to the send journal before it goes."""
 
-    async def one(i: int, msg: dict) -> None:
-        breaker = breakers[_sender(msg)]
-        if breaker.open:
-            result.skipped += 1           # left queued, untouched: the next run sends it
-            return
+    def __init__(self, settings, recorder: _Recorder, result: SendResult, journal: SendJournal, step=None):
+        gw, smtp_cfg = settings.gateway, settings.smtp
+        self.gw, self.recorder, self.result, self.journal, self.step = gw, recorder, result, journal, step
+        self.smtp = SmtpSender(smtp_cfg.host, smtp_cfg.port, smtp_cfg.sender, smtp_cfg.username, smtp_cfg.password,
+                               smtp_cfg.starttls, timeout=gw.timeout_seconds)
+        self.smtp_lock = asyncio.Lock()
+        self.breakers = {"gateway": _Breaker(gw.down_after), "smtp": _Breaker(gw.down_after)}
+        self.debug = log.isEnabledFor(logging.DEBUG)
+        # several small connection pools rather than one big one: httpcore's pool does work proportional
+        # to its size for every request, so one pool of 64 is ~3x slower than 16 pools of 4.
+        # TCP_NODELAY: a request's head and body go out at once, not held back by Nagle's algorithm.
+        per_pool = 4
+        timeout = httpx.Timeout(gw.timeout_seconds)
+        self.clients = [
+            httpx.AsyncClient(timeout=timeout, transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
+            for _ in range(max(1, -(-gw.concurrency // per_pool)))
+        ]
+        self.sent_so_far = 0
+
+    def all_down(self, messages: list[dict]) -> bool:
+        return all(self.breakers[_sender(m)].open for m in messages)
+
+    async def _send(self, i: int, msg: dict) -> Outcome:
+        gw = self.gw
         if msg["channel"] == "email":
-            async with smtp_lock:
-                if breaker.open:
-                    result.skipped += 1
-                    return
-                outcome = await asyncio.to_thread(smtp.send, msg, max_attempts=gw.max_attempts, base_delay=base)
-        else:
-            outcome = await send_webhook(clients[i % len(clients)], gw.webhook_url, msg,
-                                         max_attempts=gw.max_attempts, base_delay=base, token=gw.token)
+            async with self.smtp_lock:
+                return await asyncio.to_thread(self.smtp.send, msg, max_attempts=gw.max_attempts,
+                                               base_delay=gw.backoff_seconds, journal=self.journal)
+        return await send_webhook(self.clients[i % len(self.clients)], gw.webhook_url, msg,
+                                  max_attempts=gw.max_attempts, base_delay=gw.backoff_seconds, token=gw.token)
+
+    async def one(self, i: int, msg: dict) -> None:
+        breaker = self.breakers[_sender(msg)]
+        if breaker.open:
+            self.result.skipped += 1          # left queued, untouched: the next run sends it
+            return
+        try:
+            outcome = await self._send(i, msg)
+        except Exception as e:                # one message's failure never stops the others
+            log.error("sending %s failed unexpectedly: %s: %s", msg["message_id"], type(e).__name__, redact(str(e)))
+            outcome = Outcome(msg["message_id"], "failed", 1,
+                              f"not sent: unexpected error {type(e).__name__}: {redact(str(e))[:200]}")
         breaker.record(outcome)
         if outcome.transient:
-            result.last_transient[_sender(msg)] = redact(outcome.error or "")
-        recorder.add(outcome)
-        if debug:
+            self.result.last_transient[_sender(msg)] = redact(outcome.error or "")
+        self.recorder.add(outcome)
+        if self.debug:
             to = mask_email(msg["recipient"]) if msg["channel"] == "email" else mask_phone(msg["recipient"])
             log.debug("%s %s to %s: %s after %d attempt(s)", msg["channel"], msg["message_id"], to, outcome.status,
                       outcome.attempts)
-        if step:
-            step("send", 1)
+        if self.step:
+            self.step("send", 1)
 
-    # a fixed crew of `concurrency` workers taking the next message, rather than a task per message
-    pending = iter(enumerate(messages))
+    async def batch(self, messages: list[dict]) -> None:
+        """A fixed crew of `concurrency` workers taking the next message, rather than a task per message."""
+        pending = iter(enumerate(messages, start=self.sent_so_far))
+        self.sent_so_far += len(messages)
 
-    async def worker() -> None:
-        for i, msg in pending:
-            await one(i, msg)
+        async def worker() -> None:
+            for i, msg in pending:
+                await self.one(i, msg)
 
-    try:
-        await asyncio.gather(*(worker() for _ in range(min(gw.concurrency, max(1, len(messages))))))
-    finally:
-        for client in clients:
+        await asyncio.gather(*(worker() for _ in range(min(self.gw.concurrency, max(1, len(messages))))))
+
+    async def aclose(self) -> None:
+        for client in self.clients:
             await client.aclose()
-        await asyncio.to_thread(smtp.close)
-    result.down = {k: b.why for k, b in breakers.items() if b.open}
+        await asyncio.to_thread(self.smtp.close)
+        self.result.down = {k: b.why for k, b in self.breakers.items() if b.open}
+
+
+def _db_path(target: duckdb.DuckDBPyConnection | str | Path) -> Path:
+    if isinstance(target, duckdb.DuckDBPyConnection):
+        return Path(target.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+                    .fetchone()[0])
+    return Path(target)
+
+
+class _Reader:
+    """The checks before each batch: through the open connection, or a short one of its own (a writing one,
+    like the recorder's, as DuckDB allows one kind of connection to a file per process)."""
+
+    def __init__(self, target, settings):
+        self.target, self.zones, self.held = target, [(s.shop_id, s.timezone) for s in settings.shops], 0.0
+
+    def __call__(self, as_of: datetime, channels, ids: list[str] | None = None) -> list[dict]:
+        if isinstance(self.target, duckdb.DuckDBPyConnection):
+            return queued_messages(self.target, as_of, channels, ids)
+        opened = time.monotonic()
+        con = connect(self.target, setup=False)
+        try:
+            con.execute(sql_text("macros.sql"))
+            shop_macros(con, self.zones)
+            return queued_messages(con, as_of, channels, ids)
+        finally:
+            con.close()
+            self.held += time.monotonic() - opened
+
+    def write(self, outcomes: list[Outcome]) -> None:
+        """Record outcomes now, waiting for the file (used before any send: nothing may be lost)."""
+        frame = _outcomes_frame(outcomes)
+        if isinstance(self.target, duckdb.DuckDBPyConnection):
+            _update(self.target, frame)
+            return
+        con = connect(self.target, wait_seconds=600, setup=False)
+        try:
+            _update(con, frame)
+        finally:
+            con.close()
+
+
+def _settle_journal(reader: _Reader, journal: SendJournal, queued: dict[str, dict]) -> tuple[set[str], int, int]:
+    """E-mails a run that died left in the journal: last seen accepted -> recorded sent; begun but not
+    answered -> in doubt, failed (never sent again automatically). Returns (their ids, sent, in doubt)."""
+    marks = journal.last_marks()
+    now = datetime.now(timezone.utc)
+    outcomes = [Outcome(mid, "sent", 0, sent_at=now) for mid, mark in marks.items() if mark == "+" and mid in queued]
+    outcomes += [Outcome(mid, "failed", 0, IN_DOUBT) for mid, mark in marks.items() if mark == "?" and mid in queued]
+    if outcomes:
+        reader.write(outcomes)
+        log.warning("the send journal of a run that stopped: %d e-mails recorded as sent, %d in doubt (failed, "
+                    "not sent again)", sum(o.status == "sent" for o in outcomes), sum(o.status == "failed" for o in outcomes))
+    journal.clear()
+    return ({o.message_id for o in outcomes}, sum(o.status == "sent" for o in outcomes),
+            sum(o.status == "failed" for o in outcomes))
+
+
+BATCH = 500     # messages checked again together just before they go
 
 
 def send_queued(target: duckdb.DuckDBPyConnection | str | Path, settings, as_of: datetime, step=None,
-                channels=AUTOMATIC) -> SendResult:
-    """Send every queued automatic message that may still go at T; fail those that may not (with the
-    reason). `target` is an open connection (kept for the whole send) or the database's path: then the file
-    is opened only briefly, to list the messages and to record each batch of outcomes.
-    A message whose every attempt fails transiently stays queued; when `gateway.down_after` messages in a
-    row do so on one sender (the webhook gateway, or SMTP), the run stops sending there and leaves the rest
+                channels=AUTOMATIC, batch: int = BATCH) -> SendResult:
+    """Send every queued automatic message that may still go at T. `target` is an open connection (kept for
+    the whole send) or the database's path: then the file is opened only briefly, to check each batch and to
+    record outcomes.
+
+    First the send journal of a run that died is settled (e-mails go at most once). Then, batch by batch,
+    every message is checked again just before it goes (sql/dispatch/send_queue.sql): one that may no longer
+    go fails unsent with the reason, one that must wait (quiet hours, the daily cap) stays queued untouched.
+    A message whose every attempt fails transiently stays queued; when `gateway.down_after` messages in a row
+    do so on one sender (the webhook gateway, or SMTP), the run stops sending there and leaves the rest
     queued. The caller decides what a result with kept or skipped messages means (SendResult.problem)."""
     result = SendResult()
-    listed = 0.0
-    if isinstance(target, duckdb.DuckDBPyConnection):
-        messages = queued_messages(target, as_of, channels)
-    else:
-        opened = time.monotonic()
-        con = connect(target, read_only=True)
-        try:
-            shop_macros(con, [(s.shop_id, s.timezone) for s in settings.shops])
-            messages = queued_messages(con, as_of, channels)
-        finally:
-            con.close()
-            listed = time.monotonic() - opened
+    reader = _Reader(target, settings)
+    journal = SendJournal(_db_path(target))
+    queued = {m["message_id"]: m for m in reader(as_of, channels)}
+    settled, result.sent, result.in_doubt = _settle_journal(reader, journal, queued)
+    ids = [mid for mid in queued if mid not in settled]
     recorder = _Recorder(target)
     try:
-        # what may no longer go fails at once, with its reason; it is never sent
-        for msg in messages:
-            if msg["fail_reason"]:
-                recorder.add(Outcome(msg["message_id"], "failed", 0, msg["fail_reason"]))
-                result.expired += 1
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_send_all([m for m in messages if not m["fail_reason"]], settings, recorder, result, step))
+            senders = _Senders(settings, recorder, result, journal, step)
+            try:
+                for start in range(0, len(ids), batch):
+                    chunk = ids[start:start + batch]
+                    # checked again just before it goes (the first batch was checked a moment ago)
+                    rows = [queued[i] for i in chunk] if start == 0 else reader(as_of, channels, chunk)
+                    if start:
+                        result.checks += 1
+                    go = []
+                    for msg in rows:
+                        if msg["fail_reason"]:
+                            recorder.add(Outcome(msg["message_id"], "failed", 0, msg["fail_reason"]))
+                            result.withdrawn += 1
+                        elif msg["wait_reason"]:
+                            result.waiting += 1
+                        else:
+                            go.append(msg)
+                    if go and senders.all_down(go):
+                        result.skipped += len(go)
+                        continue
+                    runner.run(senders.batch(go))
+            finally:
+                runner.run(senders.aclose())
     finally:
         recorder.close()
-    result.sent, result.failed, result.failures = recorder.sent, recorder.failed, recorder.failures
+    # every outcome is recorded: what the journal said is in the database now
+    journal.clear()
+    result.sent += recorder.sent
+    result.failed = recorder.failed + result.in_doubt
+    result.failures = recorder.failures
     result.kept = recorder.kept
-    result.writes, result.held_seconds = recorder.writes, listed + recorder.held_seconds
+    result.writes, result.held_seconds = recorder.writes, reader.held + recorder.held_seconds
     return result
 
 
@@ -452,12 +559,28 @@ def prepare(con, as_of: datetime, *, dry_run: bool, validate=None, renderer: Ren
     return render_all(frame, renderer or Renderer()), checks, retired
 
 
+def requeue_failed(con, channels=AUTOMATIC, *, dry_run: bool = False) -> int:
+    """`crm dispatch --retry-failed`: the failed automatic messages (of `channels`) queued again under the
+    same id, so this run sends them (each is checked again before it goes, like any queued message); until
+    the send records its new outcome, last_error keeps the old one, prefixed 'retried after: '. A dry run only
+    counts them."""
+    wanted = [c for c in channels if c in AUTOMATIC]
+    if dry_run:
+        return con.execute("SELECT count(*) FROM ops.messages WHERE status = 'failed' AND list_contains(?, channel)",
+                           [wanted]).fetchone()[0]
+    with transaction(con):
+        return len(con.execute(
+            "UPDATE ops.messages SET status = 'queued', last_error = 'retried after: ' || coalesce(last_error, '') "
+            "WHERE status = 'failed' AND list_contains(?, channel) RETURNING message_id", [wanted]).fetchall())
+
+
 def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=None, renderer=None,
-             step=None, send: bool = True, channels=None) -> DispatchResult:
+             step=None, send: bool = True, channels=None, retry_failed: bool = False) -> DispatchResult:
     """Plan, validate, render and write the outbox through `con`; then, with `send`, send the queued
     messages through it too. A flow uses :func:`dispatch_db`, which sends without holding the file.
     `channels` (e.g. ["call"]) limits the run to those channels: the others' messages are neither created
-    nor sent, and a later run creates them (their message_id does not exist yet)."""
+    nor sent, and a later run creates them (their message_id does not exist yet). `retry_failed` first
+    queues the failed messages again (requeue_failed)."""
     started = time.perf_counter()
     result = DispatchResult(as_of=as_of, dry_run=dry_run)
     frame, result.validation, result.retired_shops = prepare(con, as_of, dry_run=dry_run, validate=validate,
@@ -465,6 +588,8 @@ def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=
     result.created = {f"{p}/{c}": n for p, c, n in frame.group_by("purpose", "channel").len().sort("purpose", "channel").iter_rows()}
     result.long_sms = frame.filter(pl.col("segments") > 1).height
     result.calls_queued = frame.filter(pl.col("channel") == "call").height
+    if retry_failed:
+        result.requeued = requeue_failed(con, channels or AUTOMATIC, dry_run=dry_run)
     if dry_run:
         # one message of each template first, so a short preview shows every kind
         result.preview = (frame.sort("message_id")
@@ -482,7 +607,7 @@ def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=
 
 
 def dispatch_db(db: str | Path, settings, as_of: datetime, *, dry_run: bool = False, validate=None, renderer=None,
-                step=None, channels=None) -> DispatchResult:
+                step=None, channels=None, retry_failed: bool = False) -> DispatchResult:
     """A flow's dispatch on the database file `db`, holding the file only while it writes: plan, outbox,
     validate, render and write the outbox in one session (closed before sending), then send through short
     connections, then publish the analysts' snapshot in a last short one. The caller keeps other
@@ -490,7 +615,7 @@ def dispatch_db(db: str | Path, settings, as_of: datetime, *, dry_run: bool = Fa
     started = time.perf_counter()
     with session(db, settings) as con:
         result = dispatch(con, settings, as_of, dry_run=dry_run, validate=validate, renderer=renderer, step=step,
-                          send=False, channels=channels)
+                          send=False, channels=channels, retry_failed=retry_failed)
     held = time.perf_counter() - started
     if not dry_run:
         sent = send_queued(Path(db), settings, as_of, step, channels=channels or AUTOMATIC)

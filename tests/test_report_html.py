@@ -378,6 +378,32 @@ def test_a_send_to_an_smtp_server_that_is_down_stays_queued_and_the_next_try_sen
     con.close()
 
 
+def test_a_report_a_stopped_try_left_in_doubt_is_not_mailed_again(db, tmp_path):
+    # at most once (docs/rules.md §7): the try died while handing the report to SMTP
+    from crm.config import load_settings
+    from crm.journal import SendJournal
+    from transforms.report import send_report
+
+    controller, box = start_smtp()
+    try:
+        settings = load_settings(config_file(tmp_path / "up.toml", controller.port))
+        build(db, settings, rows=False)
+        report = gather(db, settings, "s1", "day", "2026-11-24", T)
+        con = connect(db)
+        message(con, report.message_id, "feedback_summary", None, T, customer_id=None, channel="email", status="queued")
+        con.close()
+        journal = SendJournal(db)
+        journal.begin(report.message_id)
+        journal.close()
+        r = send_report(db, settings, report, render(report))
+        assert r.status == "failed" and r.error.startswith("in doubt") and box.messages == []
+        con = duckdb.connect(str(db), read_only=True)
+        assert con.execute("SELECT status FROM ops.messages").fetchall() == [("failed",)]
+        con.close()
+    finally:
+        controller.stop()
+
+
 # --------------------------------------------------------------------------------------------------
 # the deployment
 

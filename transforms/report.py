@@ -441,12 +441,14 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
     with the new body. Runs under the dispatch lock, so a dispatch (which sends every queued email) never
     sends it beside us; the database is held only to write and to record, not while sending."""
     from crm.channels import SmtpSender
+    from crm.journal import IN_DOUBT, SendJournal
 
     shop = settings.shop(report.shop_id)
     recipient = require_team_email(shop, source)
     masked = mask_email(recipient)
     msg = {"message_id": report.message_id, "purpose": PURPOSE, "channel": "email", "shop_id": report.shop_id,
            "recipient": recipient, "body": html}
+    journal = SendJournal(db)
     with exclusive(f"{db}.dispatch.lock", wait_seconds=wait_seconds,
                    on_wait=lambda: log.warning("a dispatch is running on %s: waiting for it to finish", db)):
         with closing(connect(db)) as con:
@@ -455,6 +457,16 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
             if row is not None and row[0] == "sent":
                 log.info("%s was sent to %s at %s: not sent again", msg["message_id"], masked, row[1])
                 return Sent(msg["message_id"], "already_sent", masked, row[2], row[1])
+            # at most once: a try that stopped while handing this report to SMTP leaves it in doubt
+            mark = journal.last_marks().get(msg["message_id"])
+            if row is not None and row[0] == "queued" and mark in ("?", "+"):
+                status, error = ("sent", None) if mark == "+" else ("failed", IN_DOUBT)
+                con.execute("UPDATE ops.messages SET status = ?, last_error = ? WHERE message_id = ?",
+                            [status, error, msg["message_id"]])
+                log.warning("%s: an earlier try stopped mid-send; recorded as %s, not sent again",
+                            msg["message_id"], status)
+                return Sent(msg["message_id"], "already_sent" if mark == "+" else "failed", masked, row[2], row[1],
+                            error)
             with transaction(con):
                 if row is None:
                     con.execute(
@@ -469,9 +481,10 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
         sender = SmtpSender(smtp.host, smtp.port, smtp.sender, smtp.username, smtp.password, smtp.starttls,
                             timeout=gw.timeout_seconds)
         try:
-            outcome = sender.send(msg, max_attempts=gw.max_attempts, base_delay=gw.backoff_seconds)
+            outcome = sender.send(msg, max_attempts=gw.max_attempts, base_delay=gw.backoff_seconds, journal=journal)
         finally:
             sender.close()
+            journal.close()           # its lines stay until the next dispatch settles the journal
         # SMTP has accepted (or refused) it: wait as long as it takes to record that, or a retry would send
         # the report a second time
         with closing(connect(db, wait_seconds=600)) as con:

@@ -69,14 +69,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50)
     args = parser.parse_args()
 
-    import httpx
-
     from crm.config import load_settings
     from crm.db import publish_snapshot, session
     from crm.demo import generate
     from transforms.dispatch import dispatch
     from transforms.ingest import load
-    from workspace import Served
+    from workspace import Agent, Served
 
     work = Path(tempfile.mkdtemp(prefix="bench-page-"))
     summary = generate(work / "demo", orders=args.orders, seed=7, anchor=ANCHOR, bench=True)
@@ -91,7 +89,7 @@ def main() -> None:
 
     server = Served(db, config)
     try:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
+        with Agent(server.url, timeout=60) as client:                     # an agent: cookie and CSRF token
             client.get(f"/shops/{shop}")                                   # first request: imports, caches
             lists = [timed(lambda: client.get(f"/shops/{shop}"))[0] for _ in range(args.requests)]
             page = client.get(f"/shops/{shop}").text

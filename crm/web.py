@@ -12,20 +12,27 @@ Time: the page has one clock (`Workspace.clock`): what is listed today, what cou
 call-back time is in the future, and the time a save or a "Called" records all come from it. By default it
 is the real time; ``crm serve --as-of T`` starts it at T (demo data, tests). Every time a shop's page shows
 is in the shop's zone, and refusals are worded in the page's language (labels.json, "refusals").
+
+Cross-site requests: every request that can change something must come from the page itself (`CsrfGuard`:
+the browser's Sec-Fetch-Site or Origin, and a token in every form); the gateways' hooks under /hooks/ are
+machine to machine and carry their own signatures instead.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
+import re
+import secrets
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -43,7 +50,10 @@ COMPENSATIONS = ("none", "coupon", "free_shipping", "partial_refund", "resend")
 TIERS = ("high_value", "bad_review", "neutral_review", "complaint_in_praise", "other")
 # the page's own refusals (besides transforms.outcomes.ENGLISH): labels.json words each in every language
 PAGE_REFUSALS = ("say_reached", "callback_missing", "callback_bad", "callback_past", "no_call", "no_reminder_call",
-                 "no_such_shop", "busy_write", "busy_read")
+                 "no_such_shop", "busy_write", "busy_read", "csrf")
+CSRF_COOKIE, CSRF_FIELD = "crm_csrf", "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+HOOKS = "/hooks"          # machine-to-machine callbacks (a later issue): signed by their senders, not by a browser
 
 
 def real_time() -> datetime:
@@ -212,11 +222,13 @@ class Page:
     def plain(self, t: dict, shop, refusal: Refusal, status: int) -> PlainTextResponse:
         return PlainTextResponse(self.say(t, shop, [refusal]), status_code=status)
 
-    def html(self, name: str, status: int = 200, **context) -> HTMLResponse:
-        """A page; with a shop, its times are that shop's local times (labelled once with the zone)."""
+    def html(self, name: str, request: Request, status: int = 200, **context) -> HTMLResponse:
+        """A page; with a shop, its times are that shop's local times (labelled once with the zone). Its
+        forms carry the browser's CSRF token (CsrfGuard)."""
         shop, t = context.get("shop"), context["t"]
         now = self.ws.clock()
         extra = {"lang": shop.locale if shop else context.get("lang", "en"),
+                 "csrf_field": CSRF_FIELD, "csrf_token": request.scope.get(CsrfGuard.SCOPE_KEY, ""),
                  "clock_note": f"{t['clock_set']} {self.local(shop, now)}" if self.ws.clock_is_set else None}
         if shop:
             offset = now.astimezone(ZoneInfo(shop.timezone)).strftime("%z")
@@ -252,6 +264,13 @@ class Page:
         return rows, stale
 
     # ---------------------------------------------------------------------------------------------
+    def csrf_refused(self, request: Request) -> Response:
+        """403 for a request CsrfGuard refused, in the language of the shop it was for (else the browser's)."""
+        parts = request.url.path.split("/")
+        shop = self.shop_or_404(parts[2]) if len(parts) > 2 and parts[1] == "shops" else None
+        t = self.t(shop) if shop else self.labels[self.request_locale(request)]
+        return PlainTextResponse(self.refused(t, shop, [Refusal("csrf")]), status_code=403)
+
     def no_such_shop(self, request: Request) -> Response:
         return self.plain(self.labels[self.request_locale(request)], None,
                           Refusal("no_such_shop", {"shop": request.path_params["shop_id"]}), 404)
@@ -267,7 +286,7 @@ class Page:
             return self.plain(t, None, e.refusal, 503)
         counts = {r["shop_id"]: r["n"] for r in rows}
         shops = [{"shop": s, "queued": counts.get(s.shop_id, 0)} for s in self.ws.settings.shops]
-        return self.html("index.html.j2", shops=shops, t=t, lang=locale, stale=stale,
+        return self.html("index.html.j2", request, shops=shops, t=t, lang=locale, stale=stale,
                          local=lambda ts: self.local(None, ts))
 
     def shop(self, request: Request) -> Response:
@@ -287,7 +306,7 @@ class Page:
                        key=lambda r: r["callback_at"])
         done = [r for r in rows if r["status"] == "done"]
         saved = request.query_params.get("saved")
-        return self.html("shop.html.j2", shop=shop, t=t, to_call=to_call, later=later, done=done, stale=stale,
+        return self.html("shop.html.j2", request, shop=shop, t=t, to_call=to_call, later=later, done=done, stale=stale,
                          reminders=[r for r in reminders if r["state"] != "settled"],
                          reminder_totals={r["state"]: r["state_total"] for r in reminders},
                          called=request.query_params.get("called"),
@@ -312,7 +331,7 @@ class Page:
         call = rows[0]
         values = values or {"reached": "", **{c: "n/a" for c in CATEGORIES}, "compensation": "none",
                             "agent": unquote(request.cookies.get("crm_agent", ""))}
-        return self.html("task.html.j2", status=status, shop=shop, t=t, call=call, why=self.why(shop, call, t),
+        return self.html("task.html.j2", request, status=status, shop=shop, t=t, call=call, why=self.why(shop, call, t),
                          stale=stale, error=error, values=values, categories=CATEGORIES, compensations=COMPENSATIONS,
                          local=lambda ts: self.local(shop, ts))
 
@@ -408,6 +427,112 @@ class Page:
         return record(con, self.ws.settings, outcome, self.ws.clock())
 
 
+class CsrfGuard:
+    """Cross-site request forgery: a request that can change something (any method but GET, HEAD, OPTIONS)
+    is served only when it comes from the page itself; otherwise `refuse(request)` answers (403) and nothing
+    runs. Two checks, each enough on its own against a hostile page in the agent's browser:
+
+    1. The browser's word. Sec-Fetch-Site must be ``same-origin`` (or ``none``, a user's own action); a
+       browser that does not send it must send no Origin or the page's own (Go's CrossOriginProtection does
+       the same). Another port on the same host is another origin but the same site: ``same-site`` is refused.
+    2. A token. Every browser gets a random cookie (HttpOnly); every form carries HMAC(secret, cookie) in a
+       hidden field, with a secret of this process's own. Another origin can read neither the page nor the
+       token, and though it can set the cookie (cookies do not tell ports apart), it cannot sign it. A restart
+       of the page makes a new secret: a form opened before it is refused and works again once reloaded.
+
+    Paths under /hooks/ are machine-to-machine callbacks that carry their senders' signatures; no browser
+    token is asked of them (each hook checks its own signature)."""
+
+    SCOPE_KEY = "crm.csrf_token"
+    _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+    def __init__(self, app, refuse: Callable[[Request], Response], *, secret: bytes | None = None):
+        self.app, self.refuse = app, refuse
+        self.secret = secret or secrets.token_bytes(32)
+
+    def token(self, cookie: str) -> str:
+        digest = hmac.new(self.secret, cookie.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    @staticmethod
+    def exempt(path: str) -> bool:
+        return path == HOOKS or path.startswith(HOOKS + "/")
+
+    @staticmethod
+    def same_origin(request: Request) -> bool:
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            return site in ("same-origin", "none")
+        origin = request.headers.get("origin")
+        if origin is None:
+            return True                       # not a browser, or one too old to say: the token decides
+        return origin != "null" and urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        fresh = self._COOKIE_VALUE.fullmatch(cookie) is None
+        if fresh:
+            cookie = secrets.token_urlsafe(32)
+        scope[self.SCOPE_KEY] = self.token(cookie)
+        if fresh:
+            send = self._setting_cookie(send, cookie)
+        if scope["method"] in SAFE_METHODS or self.exempt(scope["path"]):
+            return await self.app(scope, receive, send)
+        allowed = not fresh and self.same_origin(request)
+        if allowed:
+            body = await self._body(receive)
+            if body is None:
+                return                        # the client went away
+            receive = self._replay(body, receive)
+            form = await Request(scope, receive).form()
+            try:
+                given = str(form.get(CSRF_FIELD) or "")
+            finally:
+                await form.close()
+            allowed = hmac.compare_digest(given.encode(), scope[self.SCOPE_KEY].encode())
+            receive = self._replay(body, receive)
+        if not allowed:
+            return await self.refuse(request)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _body(receive) -> bytes | None:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _replay(body: bytes, receive):
+        """A receive that gives the body already read once, then waits on the client as before."""
+        given = False
+
+        async def replay():
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        return replay
+
+    @staticmethod
+    def _setting_cookie(send, cookie: str):
+        header = f"{CSRF_COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax".encode("latin-1")
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", header)]}
+            await send(message)
+        return sending
+
+
 class PasswordGate:
     """HTTP Basic auth with one shared password (any user name), for a page served beyond this machine."""
 
@@ -432,7 +557,8 @@ class PasswordGate:
 
 def create_app(db: str | Path, settings: Settings, *, password: str | None = None,
                clock: Callable[[], datetime] | None = None, **waits):
-    """The page's app; `clock` is the page's now (default: the real time; see clock_from)."""
+    """The page's app; `clock` is the page's now (default: the real time; see clock_from). Every request
+    that changes something goes through CsrfGuard (the password, when set, is asked first)."""
     page = Page(Workspace(db, settings, clock=clock, **waits))
     app = Starlette(routes=[
         Route("/", page.index),
@@ -442,4 +568,5 @@ def create_app(db: str | Path, settings: Settings, *, password: str | None = Non
         Route("/shops/{shop_id}/calls/{order_id}", page.save, methods=["POST"]),
         Route("/shops/{shop_id}/reminders/{order_id}", page.reminder_called, methods=["POST"]),
     ])
-    return PasswordGate(app, password) if password else app
+    guarded = CsrfGuard(app, page.csrf_refused)
+    return PasswordGate(guarded, password) if password else guarded

@@ -115,8 +115,9 @@ BAD_FORMS = [
 def test_bad_form_input_saves_nothing_and_says_why_in_the_shops_language(served):
     server, db, config = served
     locale = load_settings(config).shops[0].locale
+    agent = workspace.Agent(server.url)
     for form, en, zh in BAD_FORMS:
-        r = httpx.post(f"{server.url}/shops/s1/calls/o-bad", data=form)
+        r = agent.post("/shops/s1/calls/o-bad", data=form)
         assert r.status_code == 422, (form, r.status_code)
         said = alert(r.text)
         if locale == "en":
@@ -131,8 +132,9 @@ def test_bad_form_input_saves_nothing_and_says_why_in_the_shops_language(served)
 def test_a_gift_over_the_ratio_is_refused_with_a_message(served):
     # gift_ratio 0.25: the month's first gift is allowed; a second one after one reached visit is 2 in 2
     server, db, _ = served
-    assert httpx.post(f"{server.url}/shops/s1/calls/o-high", data=outcome(gift="true")).status_code == 303
-    refused = httpx.post(f"{server.url}/shops/s1/calls/o-bad", data=outcome(gift="true"))
+    agent = workspace.Agent(server.url)
+    assert agent.post("/shops/s1/calls/o-high", data=outcome(gift="true")).status_code == 303
+    refused = agent.post("/shops/s1/calls/o-bad", data=outcome(gift="true"))
     assert refused.status_code == 422
     said = alert(refused.text)
     assert said == "不能赠送礼品:本月已联系上的回访将变为 2 次中赠送 2 次(100%),超过店铺的赠品比例上限 25%。未保存任何内容。"
@@ -141,7 +143,7 @@ def test_a_gift_over_the_ratio_is_refused_with_a_message(served):
     assert workspace.statuses(db) == {"o-high": "done", "o-bad": "queued", "o-mid": "queued", "o-praise": "queued",
                                      "u1": "queued"}
     # the same order cannot be recorded twice; the first time is shown as the shop's wall time
-    again = httpx.post(f"{server.url}/shops/s1/calls/o-high", data=outcome())
+    again = agent.post("/shops/s1/calls/o-high", data=outcome())
     con = connect(db, read_only=True)
     try:
         (recorded_at,), = con.execute("SELECT recorded_at FROM ops.visit_outcomes WHERE order_id = 'o-high'").fetchall()
@@ -152,11 +154,39 @@ def test_a_gift_over_the_ratio_is_refused_with_a_message(served):
     assert alert(again.text) == f"订单 o-high 已于 {shanghai(recorded_at)} 记录为已联系上,不能重复记录。未保存任何内容。"
 
 
+def test_a_not_reached_call_saved_twice_is_recorded_once_and_no_save_predates_the_call(tmp_path):
+    # catches: a double-clicked "not reached" recorded twice, and a page whose clock is before the call was queued
+    db, config = workspace.make(tmp_path)
+    server = workspace.Served(db, config)
+    try:
+        agent = workspace.Agent(server.url)
+        form = {"reached": "false", "callback_at": "2026-11-24T15:30", "agent": "小李"}
+        assert agent.post("/shops/s1/calls/o-bad", data=form).status_code == 303
+        twice = agent.post("/shops/s1/calls/o-bad", data=form)
+        assert twice.status_code == 422
+        assert re.fullmatch(r"订单 o-bad 的这次未联系上记录已于 2026-11-24 11:3\d 保存过,不能重复记录。未保存任何内容。",
+                            alert(twice.text)), alert(twice.text)
+        assert agent.post("/shops/s1/calls/o-bad", data={**form, "callback_at": "2026-11-24T16:00"}).status_code == 303
+    finally:
+        server.stop()
+    assert outcomes(db) == [("o-bad", False, False)] * 2
+    early = workspace.Served(db, config, as_of=workspace.T - timedelta(hours=1))
+    try:
+        refused = workspace.Agent(early.url).post("/shops/s1/calls/o-mid", data=outcome())
+    finally:
+        early.stop()
+    assert refused.status_code == 422
+    assert re.fullmatch(r"记录时间 2026-11-24 10:3\d 早于这次回访电话的创建时间\(2026-11-24 11:30\)。未保存任何内容。",
+                        alert(refused.text)), alert(refused.text)
+    assert outcomes(db) == [("o-bad", False, False)] * 2
+
+
 def test_every_refusal_has_its_words_in_both_languages():
     # catches: a refusal the page can show that falls back to English on a zh-CN page (or has no words at all)
     page = Page(Workspace("unused.duckdb", parse_settings({"shops": [{"shop_id": "s1"}]})))
     codes = set(ENGLISH) | set(PAGE_REFUSALS)
     samples = {"value": "great", "category": "quality", "field": "callback_at", "at": workspace.T, "now": workspace.T,
+               "created": workspace.T,
                "order_id": "o-bad", "shop": "s1", "gifts": 3, "reached": 9, "share": 1 / 3, "ratio": 0.25,
                "seconds": 15}
     for locale in ("en", "zh-CN"):
@@ -186,7 +216,7 @@ def test_a_save_while_a_flow_holds_the_file_too_long_says_so_in_the_shops_langua
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
-        with workspace.served_here(db, config, write_wait=1.0) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with workspace.served_here(db, config, write_wait=1.0) as url, workspace.Agent(url, timeout=30) as client:
             busy = client.post("/shops/s1/calls/o-bad", data=outcome())
             assert busy.status_code == 503
             assert alert(busy.text) == "有流程正在写入数据库(已等待 1 秒)。未保存任何内容。"
@@ -229,8 +259,10 @@ def test_the_page_works_while_a_flow_holds_the_file(served):
     saved = {}
     try:
         assert holder.stdout.readline().strip() == "holding"
-        save = threading.Thread(target=lambda: saved.update(r=httpx.post(
-            f"{server.url}/shops/s1/calls/o-bad", data=outcome(suggestion="rope"), timeout=30)))
+        agent = workspace.Agent(server.url, timeout=30)
+        agent.token                              # the form was opened before the flow took the file
+        save = threading.Thread(target=lambda: saved.update(r=agent.post(
+            "/shops/s1/calls/o-bad", data=outcome(suggestion="rope"))))
         save.start()
         with httpx.Client(base_url=server.url, timeout=30) as client:
             pages = [client.get(path) for path in ("/shops/s1", "/", "/shops/s1/calls/o-mid", "/shops/s1")]
@@ -259,7 +291,7 @@ def test_a_flow_is_not_blocked_by_the_page(local_server, tmp_path):
     answers, stop = [], threading.Event()
 
     def agent():
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with workspace.Agent(server.url, timeout=30) as client:
             for order_id in ("o-high", "o-bad", "o-mid", "o-praise"):
                 answers.append(client.get("/shops/s1").status_code)
                 answers.append(client.post(f"/shops/s1/calls/{order_id}", data=outcome()).status_code)
@@ -287,10 +319,11 @@ def test_a_payment_reminder_call_is_marked_called(served):
     page = httpx.get(f"{server.url}/shops/s1").text
     assert 'data-reminder="u1"' in page and "新客户" in page and "CNY 66.00" in page
     assert "66.00" in page.split('data-reminder="u1"')[1].split("</tr>")[0]
-    r = httpx.post(f"{server.url}/shops/s1/reminders/u1")
+    agent = workspace.Agent(server.url)
+    r = agent.post("/shops/s1/reminders/u1")
     assert r.status_code == 303
     assert workspace.statuses(db)["u1"] == "done"
-    again = httpx.post(f"{server.url}/shops/s1/reminders/u1")
+    again = agent.post("/shops/s1/reminders/u1")
     assert again.status_code == 404 and again.text == "店铺 s1 中没有订单 u1 的待拨催付电话", "only once"
     con = connect(db, read_only=True)
     try:

@@ -6,6 +6,7 @@ orders delivered seven days before T (due today), capacity 4 calls; the rest go 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ import uvicorn
 from conftest import BIN, free_port
 from crm.config import load_settings
 from crm.db import connect, publish_snapshot, session
-from crm.web import clock_from, create_app
+from crm.web import CSRF_FIELD, clock_from, create_app
 from planning import local, stage
 from transforms.dispatch import dispatch
 from transforms.validate import validate_outbox
@@ -139,6 +140,26 @@ def served_here(db: Path, config: Path, *, as_of: datetime = T, **waits):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class Agent(httpx.Client):
+    """An agent's browser over plain HTTP: it keeps the page's cookie and sends its forms' CSRF token (read
+    from the first page it opens) with every POST, as the page's own forms do."""
+
+    def __init__(self, base_url: str, **kwargs):
+        super().__init__(base_url=base_url, **kwargs)
+        self._token: str | None = None
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            found = re.search(r'<meta name="csrf-token" content="([^"]+)">', self.get("/").text)
+            assert found, "every page carries the browser's CSRF token"
+            self._token = found.group(1)
+        return self._token
+
+    def post(self, url, *, data: dict | None = None, **kwargs) -> httpx.Response:
+        return super().post(url, data={CSRF_FIELD: self.token, **(data or {})}, **kwargs)
 
 
 def statuses(db: Path) -> dict[str, str]:

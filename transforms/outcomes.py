@@ -8,6 +8,13 @@ when it would lift the shop's share of gifts among its reached visits in the loc
 ``gift_ratio``; the month's first gift is always allowed. Recording a reached outcome marks the call
 task ``done``; a customer not reached keeps the task queued (with a call-back time when given).
 
+An outcome's time (``recorded_at``, else the clock of the page or the import) lies between the call's
+creation (the follow-up message's ``created_at``, or the visit task's first T when there is no message)
+and now: a time outside it would put a gift into a month of its own. An order has one reached outcome and
+any number of not-reached attempts; an attempt is identified by its order, ``recorded_at``, ``callback_at``
+and ``agent`` (with no ``recorded_at`` given, its time is the clock's, new on every run, so it is matched on
+the other three), and the same attempt is recorded once: a re-imported file adds nothing.
+
 A refusal is a `Refusal`: a code and its facts. ``str()`` words it in English (the import's report, the
 ``ENGLISH`` table below); the page words the same code in the shop's language (templates/web/labels.json).
 """
@@ -42,6 +49,10 @@ ENGLISH = {
     "time_bad": "{field} must be ISO 8601 with an offset, got {value!r}",
     "no_visit": "order {order_id!r} has no follow-up visit planned",
     "already_recorded": "order {order_id!r} was already recorded as reached at {at:%Y-%m-%d %H:%M %Z}",
+    "attempt_recorded": "order {order_id!r}: this not-reached attempt was already recorded at {at:%Y-%m-%d %H:%M %Z}",
+    "recorded_before_call": "recorded_at {at:%Y-%m-%d %H:%M:%S %Z} is before the call was created "
+                            "({created:%Y-%m-%d %H:%M:%S %Z})",
+    "recorded_in_future": "recorded_at {at:%Y-%m-%d %H:%M:%S %Z} is after now ({now:%Y-%m-%d %H:%M:%S %Z})",
     "gift_refused": "gift refused: it would make {gifts} gifts in {reached} reached visits this month ({share:.0%}), "
                     "above the shop's gift_ratio of {ratio:.0%}",
 }
@@ -152,16 +163,35 @@ def gift_refusal(con, shop_id: str, when: datetime, gift_ratio: float) -> Refusa
 
 
 def record(con: duckdb.DuckDBPyConnection, settings, outcome: dict, now: datetime) -> Refusal | None:
-    """Check one cleaned outcome against the plan and the gift rule and save it; the reason if refused."""
-    task = con.execute("SELECT shop_id FROM marts.visit_tasks WHERE order_id = ? LIMIT 1", [outcome["order_id"]]).fetchone()
+    """Check one cleaned outcome against the plan, its time, the attempts already recorded and the gift
+    rule, and save it; the reason if refused. `now` is the caller's clock (the page's, the import's)."""
+    order_id, message_id = outcome["order_id"], f"followup:{outcome['order_id']}"
+    # the visit's shop, and when its call was created: the follow-up message, else the task's first T
+    task = con.execute(
+        "SELECT t.shop_id, coalesce((SELECT created_at FROM ops.messages WHERE message_id = ?), t.planned) "
+        "FROM (SELECT shop_id, min(as_of) AS planned FROM marts.visit_tasks WHERE order_id = ? GROUP BY shop_id "
+        "ORDER BY shop_id LIMIT 1) AS t", [message_id, order_id]).fetchone()
     if task is None:
-        return Refusal("no_visit", {"order_id": outcome["order_id"]})
-    shop_id = task[0]
+        return Refusal("no_visit", {"order_id": order_id})
+    shop_id, created = task
     done = con.execute("SELECT recorded_at FROM ops.visit_outcomes WHERE order_id = ? AND reached "
-                       "ORDER BY recorded_at LIMIT 1", [outcome["order_id"]]).fetchone()
+                       "ORDER BY recorded_at LIMIT 1", [order_id]).fetchone()
     if done is not None:
-        return Refusal("already_recorded", {"order_id": outcome["order_id"], "at": done[0]})
+        return Refusal("already_recorded", {"order_id": order_id, "at": done[0]})
     when = outcome["recorded_at"] or now
+    if when < created:
+        return Refusal("recorded_before_call", {"at": when, "created": created})
+    if when > now:
+        return Refusal("recorded_in_future", {"at": when, "now": now})
+    if not outcome["reached"]:
+        same = con.execute(
+            "SELECT min(recorded_at) FROM ops.visit_outcomes WHERE order_id = ? AND NOT reached "
+            "AND callback_at IS NOT DISTINCT FROM ?::TIMESTAMPTZ AND agent IS NOT DISTINCT FROM ? "
+            "AND (?::TIMESTAMPTZ IS NULL OR recorded_at = ?::TIMESTAMPTZ)",
+            [order_id, outcome["callback_at"], outcome["agent"], outcome["recorded_at"], outcome["recorded_at"]],
+        ).fetchone()[0]
+        if same is not None:
+            return Refusal("attempt_recorded", {"order_id": order_id, "at": same})
     if outcome["gift"]:
         refusal = gift_refusal(con, shop_id, when, settings.shop(shop_id).visits.gift_ratio)
         if refusal:
@@ -181,8 +211,9 @@ def record(con: duckdb.DuckDBPyConnection, settings, outcome: dict, now: datetim
     return None
 
 
-def import_file(con: duckdb.DuckDBPyConnection, settings, path: str | Path, now: datetime | None = None) -> ImportResult:
-    """A call-centre export: every good row saved, every bad one reported with its line number."""
+def import_file(con: duckdb.DuckDBPyConnection, settings, path: str | Path, now: datetime) -> ImportResult:
+    """A call-centre export: every good row saved, every bad one reported with its line number. `now` is the
+    import's clock: the time of a row without recorded_at, and the latest time a row may give."""
     path = Path(path)
     if not path.is_file():
         raise OutcomeError(f"{path}: file not found")
@@ -192,7 +223,6 @@ def import_file(con: duckdb.DuckDBPyConnection, settings, path: str | Path, now:
         raise OutcomeError(f"{path}: not a readable CSV file: {str(e).splitlines()[0]}") from None
     if "order_id" not in frame.columns or "reached" not in frame.columns:
         raise OutcomeError(f"{path}: needs at least the columns order_id and reached (has {', '.join(frame.columns)})")
-    now = now or datetime.now(timezone.utc)
     result = ImportResult()
     # rows in file order: each gift is judged against the month as it stands, this file's earlier rows included
     for line, row in enumerate(frame.iter_rows(named=True), start=2):

@@ -218,20 +218,23 @@ def backfill(
     end: str = typer.Option(..., "--to", help="Last T (included)."),
     every: str = typer.Option("1h", "--every", help="Step: 1h, 30m, 1d, 2h30m …"),
     force: bool = typer.Option(False, "--force", help="Plan again the T this backfill already planned."),
+    max_times: Optional[int] = typer.Option(None, "--max-times", metavar="N",
+                                            help="Plan at most N times (default 10,000); more are refused."),
 ) -> None:
     """Plan at every T in [--from, --to]; an interrupted backfill re-run finishes the rest."""
-    from transforms.plan import PlanError, backfill_times, parse_as_of, parse_duration
+    from transforms.plan import MAX_BACKFILL_TIMES, PlanError, backfill_times, parse_as_of, parse_duration
 
     _check_time(start, "--from")
     _check_time(end, "--to")
+    limit = MAX_BACKFILL_TIMES if max_times is None else max_times
     try:
-        backfill_times(parse_as_of(start), parse_as_of(end), parse_duration(every))
+        backfill_times(parse_as_of(start), parse_as_of(end), parse_duration(every), limit)
     except PlanError as e:
         fail(str(e))
     _settings()
     _require_db()
     summary = _run_flow("backfill", "flows.plan:backfill_flow", start=start, end=end, every=every,
-                        db=str(STATE.db), config=str(STATE.config), force=force)
+                        db=str(STATE.db), config=str(STATE.config), force=force, max_times=limit)
     console.print(f"backfill planned {summary['planned']} times, skipped {summary['skipped']} already planned")
     for t in summary["times"][-3:]:
         console.print(f"  {t['as_of']}: {t['unpaid_orders']:,} unpaid, {t['decisions'].get('remind', 0):,} to remind, "

@@ -10,7 +10,7 @@ from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
 from crm.db import connect, publish_snapshot, session
 from flows.retry import only_transient
-from transforms.plan import backfill_times, parse_as_of, parse_duration, plan, planned_times, retired_line
+from transforms.plan import MAX_BACKFILL_TIMES, backfill_times, parse_as_of, parse_duration, plan, planned_times, retired_line
 
 
 def _summary(result) -> dict:
@@ -51,8 +51,9 @@ def plan_flow(as_of: str | None = None, db: str = DEFAULT_DB, config: str = DEFA
 
 
 @task
-def pending_times(start: datetime, end: datetime, every: str, db: str, key: str, force: bool) -> list[datetime]:
-    times = backfill_times(start, end, parse_duration(every))
+def pending_times(start: datetime, end: datetime, every: str, db: str, key: str, force: bool,
+                  max_times: int = MAX_BACKFILL_TIMES) -> list[datetime]:
+    times = backfill_times(start, end, parse_duration(every), max_times)
     if force:
         return times
     con = connect(db)
@@ -65,14 +66,15 @@ def pending_times(start: datetime, end: datetime, every: str, db: str, key: str,
 
 @flow(name="backfill")
 def backfill_flow(start: str, end: str, every: str = "1h", db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG,
-                  force: bool = False) -> dict:
+                  force: bool = False, max_times: int = MAX_BACKFILL_TIMES) -> dict:
     """Plan at every T in [start, end], `every` apart. A re-run skips the T this backfill already planned;
-    customer_segments is written once, at the last T (if it is the newest planned)."""
+    customer_segments is written once, at the last T (if it is the newest planned). More than `max_times`
+    T are refused before anything runs (a deployment run's parameters come here unchecked)."""
     logger = get_run_logger()
     t1, t2 = parse_as_of(start), parse_as_of(end)
+    total = len(backfill_times(t1, t2, parse_duration(every), max_times))
     key = f"{t1.isoformat()}|{t2.isoformat()}|{every}"
-    todo = pending_times(t1, t2, every, db, key, force)
-    total = len(backfill_times(t1, t2, parse_duration(every)))
+    todo = pending_times(t1, t2, every, db, key, force, max_times)
     logger.info("backfill %s: %d of %d times to plan", key, len(todo), total)
     results = []
     for i, t in enumerate(todo):

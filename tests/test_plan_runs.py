@@ -157,3 +157,105 @@ def test_incremental_segments_equal_a_full_rebuild(busy, landing):
     assert {r[2]: r[3] for r in incremental}["c3"] == 0 and {r[2]: r[3] for r in incremental}["c0"] == 2
     assert incremental == _full_rebuild(busy, later)
     assert {r[0] for r in incremental} == {later}
+
+
+# --------------------------------------------------------------------------------------------------
+# a backfill of too many T is refused before it plans anything (issue 12.12): `--every 1s` over eleven
+# months once wrote 2.9 GB in 40 s
+
+
+ELEVEN_MONTHS = ("2026-01-01T00:00:00Z", "2026-11-30T00:00:00Z")
+
+
+def test_too_many_times_are_refused_at_once_with_their_number():
+    import time
+
+    from transforms.plan import MAX_BACKFILL_TIMES
+
+    start, end = map(parse_as_of, ELEVEN_MONTHS)
+    expected = int((end - start).total_seconds()) + 1                 # every second, both ends included
+    began = time.perf_counter()
+    with pytest.raises(PlanError) as info:
+        backfill_times(start, end, parse_duration("1s"))
+    assert time.perf_counter() - began < 0.5, "counted, not listed"
+    message = str(info.value)
+    assert "\n" not in message and f"{expected:,} times" in message and f"--max-times {expected}" in message
+    assert f"{MAX_BACKFILL_TIMES:,}" in message
+    # the limit itself: exactly MAX_BACKFILL_TIMES T pass, one more is refused, --max-times raises it
+    minute = parse_duration("1m")
+    assert len(backfill_times(start, start + (MAX_BACKFILL_TIMES - 1) * minute, minute)) == MAX_BACKFILL_TIMES
+    with pytest.raises(PlanError, match=f"{MAX_BACKFILL_TIMES + 1:,} times"):
+        backfill_times(start, start + MAX_BACKFILL_TIMES * minute, minute)
+    more = backfill_times(start, start + MAX_BACKFILL_TIMES * minute, minute, max_times=MAX_BACKFILL_TIMES + 1)
+    assert len(more) == MAX_BACKFILL_TIMES + 1 and more[-1] == start + MAX_BACKFILL_TIMES * minute
+    with pytest.raises(PlanError, match="--max-times must be at least 1"):
+        backfill_times(start, start, minute, max_times=0)
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "999999999999999999999h"])
+def test_a_duration_too_long_for_a_calendar_is_one_clear_error(text):
+    with pytest.raises(PlanError) as info:
+        parse_duration(text)
+    assert text in str(info.value) and "\n" not in str(info.value)
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def test_crm_backfill_refuses_too_many_times_and_max_times_raises_the_limit(local_server, tmp_path, config_path):
+    from conftest import crm
+    from crm.db import connect
+
+    db = tmp_path / "crm.duckdb"
+    connect(db).close()
+    env = {"PREFECT_API_URL": ""}
+    base = ["--db", str(db), "--config", str(config_path), "backfill"]
+    line = _one_error_line(crm(*base, "--from", ELEVEN_MONTHS[0], "--to", ELEVEN_MONTHS[1], "--every", "1s",
+                               env=env, timeout=60))
+    assert "28,771,201 times" in line and "--max-times 28771201" in line and "--every" in line
+    four = ["--from", "2026-11-24T01:00:00Z", "--to", "2026-11-24T04:00:00Z", "--every", "1h"]
+    line = _one_error_line(crm(*base, *four, "--max-times", "3", env=env, timeout=60))
+    assert "4 times" in line and "more than 3" in line and "--max-times 4" in line
+    con = connect(db)
+    assert con.execute("SELECT count(*) FROM ops.plan_runs").fetchone()[0] == 0, "nothing was planned"
+    con.close()
+    # the database beside the session's server, so that the flow runs on it
+    served = local_server.parent / "max-times.duckdb"
+    connect(served).close()
+    ran = crm("--db", str(served), "--config", str(config_path), "backfill", *four, "--max-times", "4",
+              env={"PREFECT_API_URL": ""})
+    assert ran.returncode == 0 and "planned 4 times" in ran.stdout, ran.stderr[-3000:]
+
+
+def test_the_backfill_flow_enforces_the_limit_itself(local_server, tmp_path, config_path):
+    """A deployment run passes its parameters to the flow directly, past the command's check."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from conftest import crm
+    from crm.db import connect
+
+    status = crm("--db", str(local_server), "server", "status", env={"PREFECT_API_URL": ""})
+    api = status.stdout.split("running at ")[1].split()[0]
+    db = tmp_path / "crm.duckdb"
+    connect(db).close()
+    code = ("from flows.plan import backfill_flow\n"
+            f"backfill_flow(start={ELEVEN_MONTHS[0]!r}, end={ELEVEN_MONTHS[1]!r}, every='1s', db={str(db)!r}, "
+            f"config={str(config_path)!r})\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    assert run.returncode != 0 and "PlanError" in run.stderr and "28,771,201 times" in run.stderr, run.stderr[-3000:]
+    con = connect(db)
+    assert con.execute("SELECT count(*) FROM ops.plan_runs").fetchone()[0] == 0, "nothing was planned"
+    con.close()
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}}).json()
+    mine = [r for r in runs if r["parameters"].get("db") == str(db)]
+    assert len(mine) == 1 and "28,771,201 times" in mine[0]["state"]["message"]
+    tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [mine[0]["id"]]}}}).json()
+    assert tasks == [], "refused before any task ran"

@@ -77,20 +77,33 @@ def parse_duration(text: str) -> timedelta:
     if not parts or _DURATION.sub("", compact).strip():
         raise PlanError(f"{text!r} is not a duration (e.g. 1h, 30m, 1d, 2h30m)")
     unit = {"d": "days", "h": "hours", "m": "minutes", "min": "minutes", "s": "seconds"}
-    total = sum((timedelta(**{unit[u]: int(n)}) for n, u in parts), timedelta())
+    try:
+        total = sum((timedelta(**{unit[u]: int(n)}) for n, u in parts), timedelta())
+    except (OverflowError, ValueError):                   # past timedelta's range, or a number of 4300+ digits
+        raise PlanError(f"{text!r} is too long a duration (at most 999999999 days)") from None
     if total <= timedelta(0):
         raise PlanError(f"{text!r} must be longer than zero")
     return total
 
 
-def backfill_times(start: datetime, end: datetime, every: timedelta) -> list[datetime]:
+# A backfill plans every T of its range, each writing the marts' rows for T: above this many T it is refused
+# (counted before anything is listed or planned) unless --max-times (the flow's max_times) raises the limit.
+MAX_BACKFILL_TIMES = 10_000
+
+
+def backfill_times(start: datetime, end: datetime, every: timedelta,
+                   max_times: int = MAX_BACKFILL_TIMES) -> list[datetime]:
+    """Every T from start to end (included), `every` apart; at most `max_times` of them, else one line."""
     if end < start:
         raise PlanError(f"--to ({end.isoformat()}) is before --from ({start.isoformat()})")
-    times, t = [], start
-    while t <= end:
-        times.append(t)
-        t += every
-    return times
+    if max_times < 1:
+        raise PlanError(f"--max-times must be at least 1 (got {max_times})")
+    count = (end - start) // every + 1
+    if count > max_times:
+        raise PlanError(f"this backfill would plan {count:,} times ({start.isoformat()} to {end.isoformat()}, "
+                        f"every {every}), more than {max_times:,}: pass --max-times {count} to plan them all, "
+                        f"or choose a longer --every")
+    return [start + i * every for i in range(count)]
 
 
 # --------------------------------------------------------------------------------------------------

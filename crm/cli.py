@@ -41,7 +41,9 @@ STATE = Ctx()
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from crm.redact import redact
+
+    err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -429,24 +431,31 @@ def quarantine(
         for col in ("entity", "file", "row", "reason", "content (phones and emails masked)"):
             table.add_column(col, overflow="fold")
         for e, f, n, reason, row in rows:
-            table.add_row(e, Path(f).name, "whole file" if n is None else str(n), reason, redact(row or "")[:160])
+            table.add_row(e, Path(f).name, "whole file" if n is None else str(n), redact(reason or ""),
+                          redact(row or "")[:160])
         console.print(table)
 
 
 @visits_app.command("import")
 def visits_import(file: Path = typer.Argument(..., help="CSV: order_id, reached, quality, logistics, packaging, "
-                                                         "service, suggestion, gift, compensation[, recorded_at, callback_at, agent]")) -> None:
+                                                         "service, suggestion, gift, compensation[, recorded_at, callback_at, agent]"),
+                  as_of: Optional[str] = typer.Option(None, "--as-of", help="The import's now, ISO 8601 with an offset "
+                                                      "or Z: the time of rows without recorded_at, and the latest a "
+                                                      "row may give. Default: the real time.")) -> None:
     """Record a call-centre export: good rows are saved, bad ones reported with their line numbers
     (exit 1 when any row was refused)."""
+    _check_time(as_of, "--as-of")
     if not file.is_file():
         fail(f"{file}: file not found")
     _settings()
     _require_db()
     s = _run_flow("visits import", "flows.visits:visits_import_flow", path=str(file), db=str(STATE.db),
-                  config=str(STATE.config))
+                  config=str(STATE.config), as_of=as_of)
     console.print(f"{s['saved']:,} outcomes saved, {len(s['errors']):,} refused")
+    from crm.redact import redact
+
     for line, reason in s["errors"]:
-        console.print(f"  line {line}: {reason}", highlight=False)
+        console.print(f"  line {line}: {redact(reason)}", highlight=False)
     if s["errors"]:
         raise typer.Exit(1)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -142,10 +143,24 @@ class Visits(_Strict):
         return v
 
 
+@cache
+def _duckdb_zones() -> frozenset[str]:
+    """The time zone names DuckDB's ICU knows (exactly as it lists them)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        return frozenset(name for (name,) in con.execute("SELECT name FROM pg_timezone_names()").fetchall())
+    finally:
+        con.close()
+
+
 class Shop(_Strict):
     shop_id: Annotated[str, Field(min_length=1)]
     name: str = ""
     timezone: str = "Asia/Shanghai"
+    # where a phone number written without a country code is (ISO 3166 alpha-2); default: timezone's country
+    phone_region: str | None = Field(default=None, validate_default=True)
     locale: Literal["zh-CN", "en"] = "zh-CN"
     team_email: str = ""
     distribution_platforms: list[str] = ["fenxiao"]
@@ -155,10 +170,31 @@ class Shop(_Strict):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{v!r} is not a known time zone (an IANA name like 'Asia/Shanghai')") from None
+        # a zone both sides know: the SQL models convert with DuckDB's ICU, Python with zoneinfo. ZoneInfo alone
+        # also opens any file under /usr/share/zoneinfo ('localtime', 'posixrules', 'posix/…', a folder);
+        # ICU matches names without regard to case, which ZoneInfo does not
+        known = v in _duckdb_zones()
+        if known:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                known = False
+        if not known:
+            raise ValueError(f"{v!r} is not a known time zone (an IANA name like 'Asia/Shanghai')")
+        return v
+
+    @field_validator("phone_region")
+    @classmethod
+    def _phone_region(cls, v: str | None, info: ValidationInfo) -> str:
+        from crm.phones import default_region, supported_regions
+
+        if v is None:
+            return default_region(info.data.get("timezone"))
+        if v not in supported_regions():
+            if v.upper() in supported_regions():
+                raise ValueError(f"{v!r} is not a region code in capitals: write {v.upper()!r}")
+            raise ValueError(f"{v!r} is not a region phone numbers know: an ISO 3166 alpha-2 code such as "
+                             "'CN', 'US' or 'DE'")
         return v
 
     @property

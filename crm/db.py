@@ -19,6 +19,8 @@ from typing import Iterator
 
 import duckdb
 
+from crm import phones
+
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -99,7 +101,7 @@ SHOP_COLUMNS = """
     visit_trigger VARCHAR, followup_days INTEGER, grace_days INTEGER,
     window_start_minutes INTEGER[], window_end_minutes INTEGER[], manual_capacity INTEGER,
     high_value_amount DOUBLE, complaint_keywords VARCHAR[], auto_channel VARCHAR, gift_ratio DOUBLE,
-    config_json VARCHAR
+    config_json VARCHAR, phone_region VARCHAR
 """
 
 
@@ -189,7 +191,7 @@ def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
             v.trigger, v.followup_days, v.grace_days, [minutes_of(a) for a, _ in windows],
             [minutes_of(b) for _, b in windows], v.manual_capacity, float(v.high_value_amount),
             list(v.complaint_keywords), v.auto_channel, v.gift_ratio,
-            json.dumps(s.model_dump(), ensure_ascii=False),
+            json.dumps(s.model_dump(), ensure_ascii=False), s.phone_region,
         ))
     con.execute(f"CREATE OR REPLACE TABLE ops.shops ({SHOP_COLUMNS})")
     placeholders = ", ".join("?" * len(rows[0]))
@@ -198,6 +200,11 @@ def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
     if settings.retired_shops:
         con.executemany("INSERT INTO ops.retired_shops VALUES (?)", [[s] for s in settings.retired_shops])
     shop_macros(con, [(s.shop_id, s.timezone) for s in settings.shops])
+    # the staging SQL's phone functions (crm_e164, crm_phone_problem: Python UDFs), on every connection that
+    # stages: staging needs the shop macros above, so it never runs on a connection this has not set up.
+    # Then, once per database, phones stored before E.164 are converted
+    phones.register(con)
+    phones.convert_stored(con)
 
 
 def _lit(s: str) -> str:
@@ -218,5 +225,5 @@ def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) ->
     con.execute(f"CREATE OR REPLACE TEMP MACRO crm_shop_local(shop, ts) AS {case('timezone({tz}, ts)')}")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_local_date(shop, ts) AS CAST(crm_shop_local(shop, ts) AS DATE)")
     con.execute(f"CREATE OR REPLACE TEMP MACRO crm_shop_utc(shop, l) AS {case('crm_utc(l, {tz})')}")
-    con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_ts(t, shop) AS CASE WHEN crm_has_offset(t) THEN try_cast(t AS TIMESTAMPTZ) "
-                "ELSE crm_shop_utc(shop, try_cast(t AS TIMESTAMP)) END")
+    con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_ts(t, shop) AS CASE WHEN crm_has_offset(t) THEN crm_ts_aware(t) "
+                "WHEN crm_is_wall_clock(t) THEN crm_shop_utc(shop, try_cast(t AS TIMESTAMP)) END")

@@ -19,7 +19,9 @@ Where the rules are silent this follows the project's documented choices:
    clock, then converted). Quiet hours compare the local minute of day with [start, end), wrapping
    midnight when start > end; start == end or [] means none.
 3. channel / send_at / template are filled on every decision row.
-4. Suppressions match by customer_id, phone or email (non-null) and count when created <= T.
+4. Suppressions match by customer_id, phone or email (non-null) and count when created <= T. Phones are
+   compared in E.164 (libphonenumber after NFKC; a number without a country code is in its shop's
+   phone_region: a customer's shop, for a suppression its customer's shop, else the first shop).
 5. Visit due_at is per shop; call capacity counts the shop's non-failed follow-up calls created
    <= T on D.
 6. customer_segments: every customer row plus every (shop, customer) with a paid, unrefunded order.
@@ -144,6 +146,30 @@ def _customer(customers: list[dict], customer_id: str) -> dict | None:
         if c["customer_id"] == customer_id:
             return c
     return None
+
+
+def e164(text: str | None, region: str) -> str | None:
+    """A phone number as docs/rules.md §1 stores it; the reference is given only numbers that parse."""
+    import unicodedata
+
+    import phonenumbers
+
+    if text is None or not text.strip():
+        return None
+    number = phonenumbers.parse(unicodedata.normalize("NFKC", text), region)
+    if not phonenumbers.is_possible_number(number):
+        raise ValueError(f"{text!r}: the reference wants phone numbers that parse")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def phones_in_e164(shops: list[dict], customers: list[dict], suppressions: list[dict]) -> tuple[list, list]:
+    region = {s["shop_id"]: s["phone_region"] for s in shops}
+    shop_of = {c["customer_id"]: c["shop_id"] for c in customers}
+    first = shops[0]["phone_region"]
+    customers = [{**c, "phone": e164(c.get("phone"), region.get(c["shop_id"], first))} for c in customers]
+    suppressions = [{**s, "phone": e164(s.get("phone"), region.get(shop_of.get(s.get("customer_id")), first))}
+                    for s in suppressions]
+    return customers, suppressions
 
 
 def _matching_suppressions(customer_id: str, customer: dict | None, suppressions: list[dict], T: datetime) -> list[dict]:
@@ -299,6 +325,7 @@ def _shop(shops: list[dict], shop_id: str) -> dict:
 
 def reminder_decisions(T, shops, orders, items, products, customers, suppressions, messages, variants) -> list[dict]:
     T = as_utc(T)
+    customers, suppressions = phones_in_e164(shops, customers, suppressions)
     messages = [m for m in messages if as_utc(m["created_at"]) <= T]   # ops.messages as it was at T
     out = []
     for o in orders:
@@ -444,6 +471,7 @@ def visit_due_at(T: datetime, shop: dict) -> datetime:
 
 def visit_tasks(T, shops, orders, items, products, customers, suppressions, reviews, messages) -> list[dict]:
     T = as_utc(T)
+    customers, suppressions = phones_in_e164(shops, customers, suppressions)
     messages = [m for m in messages if as_utc(m["created_at"]) <= T]
     out = []
     for shop in shops:

@@ -262,3 +262,42 @@ def test_down_after(tmp_path):
     assert load_settings(path).gateway.down_after == 3
     assert "gateway.down_after" in _error(f"[gateway]\ndown_after = 0\n{SHOP}", tmp_path)
     assert "without quotes" in _error(f'[gateway]\ndown_after = "10"\n{SHOP}', tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# a time zone both Python and DuckDB know (issue 12.12): 'localtime' and the other files under
+# /usr/share/zoneinfo that are not zone names pass ZoneInfo but not DuckDB's ICU
+
+
+@pytest.mark.parametrize("zone", ["localtime", "posixrules", "posix/Asia/Shanghai", "right/UTC", "asia/shanghai",
+                                  "GMT+8", "Asia/Shanghai ", "", "Asia"])
+def test_a_zone_duckdb_does_not_know_is_one_line(tmp_path, zone):
+    msg = _error(f'[[shops]]\nshop_id = "s2"\ntimezone = "{zone}"\n', tmp_path)
+    assert f"shop 's2': timezone: {zone!r} is not a known time zone" in msg
+
+
+def test_every_zone_named_in_the_docs_and_tests_is_accepted():
+    from zoneinfo import available_timezones
+
+    import duckdb
+
+    # what both know is what the validator must accept: every ICU zone that Python also has
+    icu = {name for (name,) in duckdb.connect().execute("SELECT name FROM pg_timezone_names()").fetchall()}
+    both = sorted(icu & available_timezones())
+    assert len(both) > 500 and {"Asia/Shanghai", "America/New_York", "Europe/Berlin", "UTC", "Etc/GMT-8"} <= set(both)
+    for zone in both:
+        assert parse_settings({"shops": [{"shop_id": "s1", "timezone": zone}]}).shops[0].timezone == zone
+
+
+def test_a_bad_zone_stops_the_command_in_one_line_before_the_flow(tmp_path):
+    from conftest import crm
+    from crm.db import connect
+
+    connect(tmp_path / "crm.duckdb").close()                    # a database exists: the command gets that far
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[shops]]\nshop_id = "s1"\ntimezone = "localtime"\n', encoding="utf-8")
+    result = crm("--db", str(tmp_path / "crm.duckdb"), "--config", str(bad), "plan",
+                 "--as-of", "2026-11-24T10:00:00+08:00", env={"PREFECT_API_URL": ""})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0] == f"error: {bad}: shop 's1': timezone: 'localtime' is not a known time zone (an IANA name like 'Asia/Shanghai')"

@@ -7,8 +7,8 @@ cleaned as (
     select
         -- keys
         crm_text(customer_id) as customer_id, crm_text(shop_id) as shop_id,
-        -- contact: a phone compared by its digits, an email in lower case
-        crm_text(name) as name, crm_phone(crm_text(phone)) as phone, lower(crm_text(email)) as email,
+        -- contact: a phone as text (typed below, in the shop's region), an email in lower case
+        crm_text(name) as name, crm_text(phone) as phone_txt, lower(crm_text(email)) as email,
         crm_text(city) as city,
         -- membership as text
         crm_text(member_level) as member_level_txt, crm_text(registered_at) as registered_at_txt,
@@ -22,6 +22,8 @@ typed as (
     select
         cleaned.*,
         shops.timezone                                    as tz,
+        shops.phone_region,
+        crm_e164(phone_txt, shops.phone_region)           as phone,   -- E.164 (crm/phones.py)
         crm_int(member_level_txt)                         as member_level,
         crm_shop_ts(registered_at_txt, shops.shop_id)      as registered_at,
         crm_bool(opt_out_txt)                             as opt_out_parsed,
@@ -37,6 +39,8 @@ checked as (
             crm_need('customer_id', customer_id),
             crm_shop_problem(shop_id, tz),
             crm_need('name', name),
+            case when tz is not null and phone_txt is not null and phone is null
+                 then crm_phone_problem(phone_txt, phone_region) end,          -- never quotes the number
             crm_required('member_level', member_level_txt, member_level),
             case when member_level < 0 then 'negative member_level ' || member_level end,
             case when tz is not null then nullif(concat_ws('; ',

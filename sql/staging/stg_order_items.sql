@@ -34,7 +34,7 @@ checked as (
             crm_required('quantity', quantity_txt, quantity),
             case when quantity <= 0 then 'quantity must be > 0, got ' || quantity end,
             crm_required('unit_price', unit_price_txt, unit_price),
-            case when unit_price < 0 then 'negative unit_price ' || unit_price end
+            crm_money_problem('unit_price', unit_price_txt)
         ) as reasons
     from typed
 ),

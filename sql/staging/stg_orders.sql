@@ -1,5 +1,8 @@
 -- stg_orders: the landed orders rows typed, each with the reason it is rejected (NULL: good).
--- Reads land_orders (every column as text, made by the ingest from the drop files) and ops.shops.
+-- Reads land_orders (every column as text, made by the ingest from the drop files), ops.shops and
+-- staging.orders: an order_id belongs to one shop, the one it was first loaded for. A row that gives it
+-- another shop is refused, naming both (an order does not move between shops: two shops' orders with one
+-- order_id, or a wrong shop_id, is for a person to look at; nothing is replaced silently).
 with source as (
     select * from land_orders
 ),
@@ -36,9 +39,12 @@ typed as (
         crm_shop_ts(updated_at_txt, shops.shop_id)         as updated_at,
         -- money
         crm_money(total_amount_txt)                       as total_amount,
-        coalesce(upper(currency_txt), 'CNY')              as currency
+        coalesce(upper(currency_txt), 'CNY')              as currency,
+        -- the shop of the order_id as loaded before this run
+        loaded.shop_id                                    as loaded_shop_id
     from cleaned
     left join ops.shops as shops on shops.shop_id = cleaned.shop_id
+    left join staging.orders as loaded on loaded.order_id = cleaned.order_id
 ),
 
 checked as (
@@ -58,10 +64,31 @@ checked as (
                 crm_unparsable('refunded_at', refunded_at_txt, refunded_at),
                 crm_required('updated_at', updated_at_txt, updated_at)), '') end,
             crm_required('total_amount', total_amount_txt, total_amount),
-            case when total_amount < 0 then 'negative total_amount ' || total_amount end,
+            crm_money_problem('total_amount', total_amount_txt),
             case when paid_at < created_at then 'paid_at before created_at' end
         ) as reasons
     from typed
+),
+
+-- the first good row of this run for each order_id that has no loaded shop yet
+first_rows as (
+    select order_id, arg_min(shop_id, _file_ord::BIGINT * 4294967296 + _row_number) as first_shop_id
+    from checked
+    where reasons = '' and loaded_shop_id is null
+    group by order_id
+    having min(shop_id) <> max(shop_id)
+),
+
+owned as (
+    select
+        checked.* exclude (reasons),
+        concat_ws('; ', nullif(reasons, ''),
+            case when coalesce(loaded_shop_id, first_shop_id) <> shop_id
+                 then 'order_id' || crm_echo('order_id', order_id) || ' belongs to shop '
+                      || coalesce(loaded_shop_id, first_shop_id) || ', this row says ' || shop_id end
+        ) as reasons
+    from checked
+    left join first_rows using (order_id)
 ),
 
 final as (
@@ -71,7 +98,7 @@ final as (
         total_amount, currency, receiver_city, updated_at,
         _source_file, _file_ord, _row_number,
         nullif(reasons, '') as _reject_reason
-    from checked
+    from owned
 )
 
 select * from final

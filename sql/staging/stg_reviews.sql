@@ -34,7 +34,7 @@ checked as (
         concat_ws('; ',
             crm_need('order_id', order_id),
             case when tz is null and not has_offset and created_at_txt is not null
-                 then 'unknown order_id ' || to_json(order_id) || ': cannot place a created_at without offset'
+                 then 'unknown order_id' || crm_echo('order_id', order_id) || ': cannot place a created_at without offset'
                  else crm_required('created_at', created_at_txt, created_at) end,
             crm_required('rating', rating_txt, rating),
             case when rating not between 1 and 5 then 'rating must be 1-5, got ' || rating end

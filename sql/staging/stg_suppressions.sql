@@ -1,13 +1,14 @@
 -- stg_suppressions: the landed suppressions typed, each with the reason it is rejected (NULL: good).
--- A naive created_at is placed in the customer's shop zone, else in the first configured shop's.
+-- A naive created_at is placed in the customer's shop zone, else in the first configured shop's; a phone
+-- without a country code likewise in that shop's phone_region.
 with source as (
     select * from land_suppressions
 ),
 
 cleaned as (
     select
-        -- who: a phone compared by its digits, an email in lower case
-        crm_text(customer_id) as customer_id, crm_phone(crm_text(phone)) as phone,
+        -- who: a phone as text (typed below), an email in lower case
+        crm_text(customer_id) as customer_id, crm_text(phone) as phone_txt,
         lower(crm_text(email)) as email,
         -- what
         lower(crm_text(channel)) as channel, crm_text(created_at) as created_at_txt, crm_text(reason) as reason,
@@ -19,22 +20,26 @@ cleaned as (
 typed as (
     select
         cleaned.*,
-        crm_shop_ts(created_at_txt, coalesce(shops.shop_id, default_shop.shop_id)) as created_at
+        crm_shop_ts(created_at_txt, coalesce(shops.shop_id, default_shop.shop_id)) as created_at,
+        coalesce(shops.phone_region, default_shop.phone_region)                    as phone_region,
+        crm_e164(phone_txt, coalesce(shops.phone_region, default_shop.phone_region)) as phone  -- E.164
     from cleaned
     left join staging.customers as customers on customers.customer_id = cleaned.customer_id
     left join ops.shops as shops on shops.shop_id = customers.shop_id
-    cross join (select shop_id from ops.shops where position = 0) as default_shop
+    cross join (select shop_id, phone_region from ops.shops where position = 0) as default_shop
 ),
 
 checked as (
     select
         *,
         concat_ws('; ',
-            case when customer_id is null and phone is null and email is null
+            case when customer_id is null and phone_txt is null and email is null
                  then 'names no customer_id, phone or email' end,
+            case when phone_txt is not null and phone is null
+                 then crm_phone_problem(phone_txt, phone_region) end,          -- never quotes the number
             coalesce(crm_need('channel', channel),
                      case when channel not in ('sms', 'email', 'call', 'all')
-                          then 'channel must be sms, email, call or all, got ' || to_json(channel) end),
+                          then 'channel must be sms, email, call or all, got' || crm_echo('channel', channel) end),
             crm_required('created_at', created_at_txt, created_at)
         ) as reasons
     from typed

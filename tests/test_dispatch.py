@@ -151,12 +151,17 @@ def test_dry_run_writes_nothing(world, tmp_path):
 def test_a_broken_template_stops_the_run_before_anything_is_written(world, tmp_path):
     from crm.render import Renderer, RenderError
 
+    import shutil
+
+    from crm.db import asset_dir
+
     con, settings, gw, box = world
+    # the shipped templates, with the second-purchase reminder (u-again's) made unsafe
     root = tmp_path / "templates"
+    shutil.copytree(asset_dir("templates"), root)
     for locale in ("zh-CN", "en"):
-        (root / locale / "payment_reminder").mkdir(parents=True)
         (root / locale / "payment_reminder" / "second.j2").write_text("{{ shop.__class__.__mro__ }}")
-    with pytest.raises(RenderError):
+    with pytest.raises(RenderError, match="second.j2"):
         dispatch(con, settings, T, validate=validate_outbox, renderer=Renderer(root))
     assert con.execute("SELECT count(*) FROM ops.messages").fetchone()[0] == 0 and gw.requests == []
 

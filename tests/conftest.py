@@ -145,3 +145,17 @@ def local_server(tmp_path_factory):
         yield db
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_server_outlives_the_session(tmp_path_factory):
+    """A command that runs a flow with no server beside its database starts one there, which keeps running
+    (`./run demo` in the clean-clone test, a test stopped half-way): stop every one left under this session's
+    temporary folder, so that no Prefect server outlives the suite."""
+    yield
+    from crm import orchestration
+
+    root = tmp_path_factory.getbasetemp()
+    for pattern in ("*/prefect-server.json", "*/*/prefect-server.json", "*/*/*/prefect-server.json"):
+        for state in root.glob(pattern):
+            orchestration.stop_server(state.parent / "crm.duckdb")
+
+

@@ -1,8 +1,17 @@
-"""Great Expectations suites on the staged data (issue: validation of the ingest).
+"""Great Expectations suites on the staged data (issue: validation of the ingest) and on a dispatch's outbox.
 
-Each suite runs on the rows a run loaded (``_ingest_id``), pulled from DuckDB into a pandas frame
-with a few SQL-computed helper columns: ``_copies`` (how many rows of the whole staging table
-share the key: must be 1) and ``_known_*`` (does the referenced order / customer exist).
+Each suite runs on the rows a run loaded (``_ingest_id``) where they are: in DuckDB, through GX's SQL
+execution engine (SQLAlchemy, with the ``duckdb_engine`` dialect). GX is handed the caller's own DuckDB
+connection, so it sees the rows the ingest staged inside its still open transaction, and it can neither
+commit, roll back nor close that connection (transforms/gx_duckdb.py). Every expectation is one or two
+aggregate queries (``sum(CASE WHEN <unexpected> …)``, ``count(*)``); no row leaves DuckDB, so memory
+stays DuckDB's (bounded by its ``memory_limit``, spilling beyond it), whatever the size of the run.
+
+The rows to check are first written once to a temporary table, with SQL-computed helper columns:
+``_copies`` (how many rows of the whole staging table share the key: must be 1) and ``_known_*`` (does
+the referenced order / customer exist), so every check reads one plain table (GX runs ~10 queries per
+suite; against the suite's query itself each of them would compute the helper columns again). The
+helper columns cost what the run's rows cost: rows of other runs are only looked up by the run's keys.
 
 *Critical* expectations (keys, ranges) fail the run: the caller rolls the load back. Orphans (an
 item whose order, or an order whose customer, is not in staging) are *reported*: stored in
@@ -35,17 +44,41 @@ class Check:
 # --------------------------------------------------------------------------------------------------
 # the suites: SQL that selects the rows to check, and the expectations on them
 
-_COPIES = """(SELECT count(*) FROM staging.{table} x WHERE {match})"""
+
+def _rows(table: str, key: tuple[str, ...], columns: str, known: str = "") -> str:
+    """The rows of run `$ingest_id` in staging.`table` (`columns`), with `_copies` and the `known` columns."""
+    using = ", ".join(key)
+    return f"""
+with mine as (          -- the rows this run loaded
+    select {columns} from staging.{table} where _ingest_id = $ingest_id
+),
+older as (             -- rows that other runs staged with a key of this run (none, unless a merge went wrong)
+    select {using}, count(*) as n
+    from staging.{table} semi join mine using ({using})
+    where _ingest_id is distinct from $ingest_id
+    group by all
+),
+final as (
+    select
+        mine.*,
+        -- rows of the whole table with this row's key (must be 1; a key with a NULL matches none)
+        case when {" or ".join(f"mine.{k} is null" for k in key)} then 0
+             else count(*) over (partition by {", ".join(f"mine.{k}" for k in key)}) + coalesce(older.n, 0)
+        end as _copies{known}
+    from mine left join older using ({using})
+)
+select * from final
+"""
 
 
-def _copies(table: str, key: tuple[str, ...]) -> str:
-    return _COPIES.format(table=table, match=" AND ".join(f"x.{k} = t.{k}" for k in key))
+def _known(name: str, parent: str, column: str) -> str:
+    """`_known_<name>`: does the row's `column` exist in staging.`parent`."""
+    return f",\n        coalesce(mine.{column} in (select {column} from staging.{parent}), false) as _known_{name}"
 
 
 SUITES: dict[str, tuple[str, list[Check]]] = {
     "customers": (
-        f"SELECT customer_id, shop_id, member_level, opt_out, {_copies('customers', ('customer_id',))} AS _copies "
-        "FROM staging.customers t WHERE _ingest_id = $ingest_id",
+        _rows("customers", ("customer_id",), "customer_id, shop_id, member_level, opt_out"),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "customer_id"}),
             Check("ExpectColumnValuesToBeUnique", {"column": "customer_id"}),
@@ -55,8 +88,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "products": (
-        f"SELECT product_id, followup_days, {_copies('products', ('product_id',))} AS _copies "
-        "FROM staging.products t WHERE _ingest_id = $ingest_id",
+        _rows("products", ("product_id",), "product_id, followup_days"),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "product_id"}),
             Check("ExpectColumnValuesToBeUnique", {"column": "product_id"}),
@@ -65,10 +97,8 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "orders": (
-        f"SELECT order_id, total_amount::DOUBLE AS total_amount, epoch(created_at) AS created_at, "
-        f"epoch(paid_at) AS paid_at, {_copies('orders', ('order_id',))} AS _copies, "
-        "EXISTS (SELECT 1 FROM staging.customers c WHERE c.customer_id = t.customer_id) AS _known_customer "
-        "FROM staging.orders t WHERE _ingest_id = $ingest_id",
+        _rows("orders", ("order_id",), "order_id, customer_id, total_amount, created_at, paid_at",
+              _known("customer", "customers", "customer_id")),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "order_id"}),
             Check("ExpectColumnValuesToBeUnique", {"column": "order_id"}),
@@ -82,10 +112,8 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "order_items": (
-        f"SELECT order_id, line_no, quantity, unit_price::DOUBLE AS unit_price, "
-        f"{_copies('order_items', ('order_id', 'line_no'))} AS _copies, "
-        "EXISTS (SELECT 1 FROM staging.orders o WHERE o.order_id = t.order_id) AS _known_order "
-        "FROM staging.order_items t WHERE _ingest_id = $ingest_id",
+        _rows("order_items", ("order_id", "line_no"), "order_id, line_no, quantity, unit_price",
+              _known("order", "orders", "order_id")),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "order_id"}),
             Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["order_id", "line_no"]}),
@@ -97,10 +125,8 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "reviews": (
-        f"SELECT order_id, epoch(created_at) AS created_at, rating, "
-        f"{_copies('reviews', ('order_id', 'created_at'))} AS _copies, "
-        "EXISTS (SELECT 1 FROM staging.orders o WHERE o.order_id = t.order_id) AS _known_order "
-        "FROM staging.reviews t WHERE _ingest_id = $ingest_id",
+        _rows("reviews", ("order_id", "created_at"), "order_id, created_at, rating",
+              _known("order", "orders", "order_id")),
         [
             Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["order_id", "created_at"]}),
             Check("ExpectColumnValuesToBeBetween", {"column": "_copies", "min_value": 1, "max_value": 1}),
@@ -110,7 +136,12 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "suppressions": (
-        "SELECT channel, customer_id, phone, email FROM staging.suppressions WHERE _ingest_id = $ingest_id",
+        """
+with final as (
+    select channel, customer_id, phone, email from staging.suppressions where _ingest_id = $ingest_id
+)
+select * from final
+""",
         [
             Check("ExpectColumnValuesToBeInSet", {"column": "channel", "value_set": ["sms", "email", "call", "all"]}),
         ],
@@ -133,6 +164,24 @@ OUTBOX_CHECKS = [
     Check("ExpectColumnValuesToBeUnique", {"column": "message_id"}, label="a message created twice"),
 ]
 
+# the outbox's columns the checks read; a call needs no recipient to be queued, automatic messages do
+_OUTBOX_ROWS = """
+with final as (
+    select
+        message_id, paid_at_t, in_quiet, over_cap, opted_out,
+        case when channel = 'call' then coalesce(recipient, 'agent') else recipient end as recipient
+    from _gx_outbox_frame
+)
+select * from final
+"""
+
+# counts only: no unexpected values are fetched (they could be phone numbers, and they are not used)
+_RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
+
+
+# --------------------------------------------------------------------------------------------------
+# GX on the caller's DuckDB connection
+
 
 def _context():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -145,17 +194,83 @@ def _context():
     return gx, context
 
 
+def _source(context, con: duckdb.DuckDBPyConnection):
+    """GX's SQL data source on `con` itself (transforms/gx_duckdb.py): it runs inside the caller's transaction."""
+    from transforms import gx_duckdb
+
+    return gx_duckdb.source(context, con)
+
+
 def validate_ingest(con: duckdb.DuckDBPyConnection, ingest_id: int) -> list[dict]:
     """Run every suite on the rows of `ingest_id`; store the results; raise on a critical failure."""
     gx, context = _context()
+    source = _source(context, con)
     results: list[dict] = []
     for entity, (query, checks) in SUITES.items():
-        frame = con.execute(query.replace("$ingest_id", str(int(ingest_id)))).df()
-        if not frame.empty:
-            results += _run_suite(gx, context, f"staging.{entity}", frame, checks)
+        table = f"_gx_rows_{entity}"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {query}", {"ingest_id": int(ingest_id)})
+        try:
+            if con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]:
+                results += _run_suite(gx, source, f"staging.{entity}", table, checks)
+        finally:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
     store(con, "ingest", str(ingest_id), results)
     _raise_on_critical(results)
     return results
+
+
+def validate_outbox(con: duckdb.DuckDBPyConnection, frame, as_of) -> list[dict]:
+    """GX on the messages a dispatch is about to create; raise (nothing is written or sent) on a failure.
+    DuckDB reads the Polars frame in place (Arrow); GX queries it like a table."""
+    if frame.height == 0:
+        return []
+    gx, context = _context()
+    source = _source(context, con)
+    con.register("_gx_outbox_frame", frame.select(
+        "message_id", "paid_at_t", "in_quiet", "over_cap", "opted_out", "recipient", "channel").to_arrow())
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _gx_rows_outbox AS {_OUTBOX_ROWS}")
+        results = _run_suite(gx, source, "outbox", "_gx_rows_outbox", OUTBOX_CHECKS)
+    finally:
+        con.execute("DROP VIEW IF EXISTS _gx_rows_outbox")
+        con.unregister("_gx_outbox_frame")
+    store(con, "dispatch", as_of.isoformat(), results)
+    _raise_on_critical(results)
+    return results
+
+
+def _run_suite(gx, source, name: str, table: str, checks: list[Check]) -> list[dict]:
+    """One GX suite over the DuckDB table (or view) `table`; one result dict per check."""
+    suite = gx.ExpectationSuite(name=name)
+    for i, check in enumerate(checks):
+        suite.add_expectation(getattr(gx.expectations, check.expectation)(**check.kwargs, meta={"check": i}))
+    batch = source.add_table_asset(name, table_name=table).add_batch_definition_whole_table("run").get_batch()
+    results = []
+    for r in batch.validate(suite, result_format=_RESULT_FORMAT).results:
+        check = checks[int(r.expectation_config.meta["check"])]
+        error = _error(r.exception_info)
+        if error:
+            raise ValidationFailed(f"{name}: {r.expectation_config.type}({_columns(check.kwargs)}) could not be "
+                                   f"evaluated: {error}")
+        results.append({
+            "suite": name, "expectation": r.expectation_config.type, "column": _columns(check.kwargs),
+            "critical": check.critical, "label": check.label, "success": bool(r.success),
+            "element_count": int(r.result["element_count"]),
+            "unexpected_count": int(r.result["unexpected_count"]),
+        })
+    return results
+
+
+def _error(info: dict | None) -> str | None:
+    """The first line of the exception an expectation met, if any (GX keeps one per expectation, or one
+    per metric it could not compute)."""
+    if not info:
+        return None
+    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for i in infos:
+        if i.get("raised_exception"):
+            return (str(i.get("exception_message") or "unknown error").strip().splitlines() or ["unknown error"])[0]
+    return None
 
 
 def _raise_on_critical(results: list[dict]) -> None:
@@ -171,6 +286,8 @@ def describe(r: dict) -> str:
 
 
 def store(con: duckdb.DuckDBPyConnection, run_kind: str, run_ref: str, results: list[dict]) -> None:
+    if not results:         # nothing was checked (every new file of the run was quarantined)
+        return
     now = datetime.now(timezone.utc)
     con.executemany(
         "INSERT INTO ops.validation_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -183,37 +300,3 @@ def _columns(kwargs: dict) -> str:
     """What an expectation looks at: 'order_id', 'order_id,line_no' or 'paid_at,created_at'."""
     return kwargs.get("column") or ",".join(kwargs.get("column_list") or [kwargs.get("column_A", ""),
                                                                            kwargs.get("column_B", "")]).strip(",")
-
-
-def _run_suite(gx, context, name: str, frame, checks: list[Check]) -> list[dict]:
-    """One GX suite over a pandas frame; one result dict per check."""
-    source = context.data_sources.add_pandas(f"src_{name}")
-    suite = gx.ExpectationSuite(name=name)
-    for i, check in enumerate(checks):
-        suite.add_expectation(getattr(gx.expectations, check.expectation)(**check.kwargs, meta={"check": i}))
-    batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("run").get_batch(
-        batch_parameters={"dataframe": frame})
-    results = []
-    for r in batch.validate(suite).results:
-        check = checks[int(r.expectation_config.meta["check"])]
-        results.append({
-            "suite": name, "expectation": r.expectation_config.type, "column": _columns(check.kwargs),
-            "critical": check.critical, "label": check.label, "success": bool(r.success),
-            "element_count": int(r.result.get("element_count") or len(frame)),
-            "unexpected_count": int(r.result.get("unexpected_count") or 0),
-        })
-    return results
-
-
-def validate_outbox(con: duckdb.DuckDBPyConnection, frame, as_of) -> list[dict]:
-    """GX on the messages a dispatch is about to create; raise (nothing is written or sent) on a failure."""
-    if frame.height == 0:
-        return []
-    gx, context = _context()
-    pdf = frame.select("message_id", "paid_at_t", "in_quiet", "over_cap", "opted_out", "recipient", "channel").to_pandas()
-    # a call needs no recipient to be queued; automatic messages do
-    pdf.loc[pdf["channel"] == "call", "recipient"] = pdf.loc[pdf["channel"] == "call", "recipient"].fillna("agent")
-    results = _run_suite(gx, context, "outbox", pdf, OUTBOX_CHECKS)
-    store(con, "dispatch", as_of.isoformat(), results)
-    _raise_on_critical(results)
-    return results

@@ -1,0 +1,329 @@
+"""The Great Expectations suites (transforms/validate.py), evaluated by GX's SQL engine inside DuckDB.
+
+Every critical and every reported check of every suite, each broken on its own among good rows; the
+ingest's open transaction (GX sees its uncommitted rows and cannot end it); a bad row among many rolls
+the whole ingest back with a message naming the expectation and the row count; no row is pulled into
+pandas; the dispatch's outbox checks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pytest
+
+from conftest import customer, order
+from transforms.ingest import load
+from transforms.validate import SUITES, Check, ValidationFailed, validate_ingest, validate_outbox
+
+RUN = 7            # the ingest the suites check
+CREATED = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
+T = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
+
+# NOT NULL columns of each staging table, with a valid value
+REQUIRED = {
+    "customers": {"shop_id": "s1", "name": "n", "member_level": 1, "registered_at": CREATED, "opt_out": False,
+                  "updated_at": CREATED},
+    "products": {"shop_id": "s1", "title": "t", "category": "c", "followup_days": 7},
+    "orders": {"shop_id": "s1", "platform": "taobao", "created_at": CREATED, "total_amount": 99,
+               "currency": "CNY", "updated_at": CREATED},
+    "order_items": {"product_id": "p0", "quantity": 1, "unit_price": 10},
+    "reviews": {"created_at": CREATED, "rating": 5},
+    "suppressions": {"created_at": CREATED},
+}
+
+
+def stage(con, table: str, rows: list[dict], ingest_id: int = RUN) -> None:
+    """Rows straight into staging.`table` (as if staging had let them through), for run `ingest_id`."""
+    for row in rows:
+        values = {**REQUIRED[table], **row, "_ingest_id": ingest_id}
+        con.execute(f"INSERT INTO staging.{table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                    list(values.values()))
+
+
+@pytest.fixture
+def good(con):
+    """A clean run: 20 customers (c15-c19 without orders), 5 products, 40 orders (o30-o39 without items or
+    reviews), 2 items for each of o0-o29, a review for each of o0-o9, 3 suppressions."""
+    stage(con, "customers", [{"customer_id": f"c{i}"} for i in range(20)])
+    stage(con, "products", [{"product_id": f"p{i}"} for i in range(5)])
+    stage(con, "orders", [{"order_id": f"o{i}", "customer_id": f"c{i % 15}"} for i in range(40)])
+    stage(con, "order_items", [{"order_id": f"o{i}", "line_no": n} for i in range(30) for n in (1, 2)])
+    stage(con, "reviews", [{"order_id": f"o{i}"} for i in range(10)])
+    stage(con, "suppressions", [{"channel": c, "phone": "+8613800000009"} for c in ("sms", "email", "all")])
+    return con
+
+
+def failures(results: list[dict]) -> dict:
+    return {(r["suite"].removeprefix("staging."), r["expectation"], r["column"]): (r["unexpected_count"], r["element_count"])
+            for r in results if not r["success"]}
+
+
+def stored_failures(con) -> dict:
+    rows = con.execute("SELECT suite, expectation, column_name, unexpected_count, element_count FROM ops.validation_results "
+                       "WHERE run_kind = 'ingest' AND run_ref = ? AND NOT success", [str(RUN)]).fetchall()
+    return {(s.removeprefix("staging."), e, c): (u, n) for s, e, c, u, n in rows}
+
+
+def drop_not_null(con, table: str, column: str) -> None:
+    """A schema that no longer forbids NULL: the suites must still catch it."""
+    con.execute(f"ALTER TABLE staging.{table} ALTER COLUMN {column} DROP NOT NULL")
+
+
+NOT_NULL = "expect_column_values_to_not_be_null"
+UNIQUE = "expect_column_values_to_be_unique"
+COMPOUND = "expect_compound_columns_to_be_unique"
+BETWEEN = "expect_column_values_to_be_between"
+IN_SET = "expect_column_values_to_be_in_set"
+PAIR = "expect_column_pair_values_a_to_be_greater_than_b"
+
+# each case breaks one rule among the good rows: (what it does, then the failures it must give: (unexpected, rows))
+CRITICAL = {
+    "customer without id": (
+        lambda c: (drop_not_null(c, "customers", "customer_id"),
+                   c.execute("UPDATE staging.customers SET customer_id = NULL WHERE customer_id = 'c15'")),
+        {("customers", NOT_NULL, "customer_id"): (1, 20), ("customers", BETWEEN, "_copies"): (1, 20)}),
+    "customer twice in the run": (
+        lambda c: stage(c, "customers", [{"customer_id": "c16", "member_level": 2}]),
+        {("customers", UNIQUE, "customer_id"): (2, 21), ("customers", BETWEEN, "_copies"): (2, 21)}),
+    "customer also staged by an earlier run": (
+        lambda c: stage(c, "customers", [{"customer_id": "c17"}], ingest_id=RUN - 1),
+        {("customers", BETWEEN, "_copies"): (1, 20)}),
+    "negative member level": (
+        lambda c: c.execute("UPDATE staging.customers SET member_level = -1 WHERE customer_id = 'c3'"),
+        {("customers", BETWEEN, "member_level"): (1, 20)}),
+    "opt_out unknown": (
+        lambda c: (drop_not_null(c, "customers", "opt_out"),
+                   c.execute("UPDATE staging.customers SET opt_out = NULL WHERE customer_id IN ('c1', 'c2')")),
+        {("customers", NOT_NULL, "opt_out"): (2, 20)}),
+    "product without id": (
+        lambda c: (drop_not_null(c, "products", "product_id"),
+                   c.execute("UPDATE staging.products SET product_id = NULL WHERE product_id = 'p4'")),
+        {("products", NOT_NULL, "product_id"): (1, 5), ("products", BETWEEN, "_copies"): (1, 5)}),
+    "product twice in the run": (
+        lambda c: stage(c, "products", [{"product_id": "p1"}]),
+        {("products", UNIQUE, "product_id"): (2, 6), ("products", BETWEEN, "_copies"): (2, 6)}),
+    "product also staged by an earlier run": (
+        lambda c: stage(c, "products", [{"product_id": "p2"}], ingest_id=RUN - 1),
+        {("products", BETWEEN, "_copies"): (1, 5)}),
+    "negative follow-up days": (
+        lambda c: c.execute("UPDATE staging.products SET followup_days = -3 WHERE product_id = 'p0'"),
+        {("products", BETWEEN, "followup_days"): (1, 5)}),
+    "order without id": (
+        lambda c: (drop_not_null(c, "orders", "order_id"),
+                   c.execute("UPDATE staging.orders SET order_id = NULL WHERE order_id = 'o35'")),
+        {("orders", NOT_NULL, "order_id"): (1, 40), ("orders", BETWEEN, "_copies"): (1, 40)}),
+    "order twice in the run": (
+        lambda c: stage(c, "orders", [{"order_id": "o36", "customer_id": "c1"}]),
+        {("orders", UNIQUE, "order_id"): (2, 41), ("orders", BETWEEN, "_copies"): (2, 41)}),
+    "order also staged by an earlier run": (
+        lambda c: stage(c, "orders", [{"order_id": "o37", "customer_id": "c1"}], ingest_id=RUN - 1),
+        {("orders", BETWEEN, "_copies"): (1, 40)}),
+    "negative total": (
+        lambda c: c.execute("UPDATE staging.orders SET total_amount = -0.01 WHERE order_id = 'o5'"),
+        {("orders", BETWEEN, "total_amount"): (1, 40)}),
+    "order without created_at": (
+        lambda c: (drop_not_null(c, "orders", "created_at"),
+                   c.execute("UPDATE staging.orders SET created_at = NULL WHERE order_id = 'o6'")),
+        {("orders", NOT_NULL, "created_at"): (1, 40)}),
+    "paid before it was created": (
+        lambda c: c.execute("UPDATE staging.orders SET paid_at = created_at - INTERVAL 1 SECOND "
+                            "WHERE order_id IN ('o7', 'o8')"),
+        {("orders", PAIR, "paid_at,created_at"): (2, 40)}),
+    "item without order id": (
+        lambda c: (drop_not_null(c, "order_items", "order_id"),
+                   c.execute("UPDATE staging.order_items SET order_id = NULL WHERE order_id = 'o3' AND line_no = 2")),
+        {("order_items", NOT_NULL, "order_id"): (1, 60), ("order_items", BETWEEN, "_copies"): (1, 60),
+         ("order_items", IN_SET, "_known_order"): (1, 60)}),
+    "item line twice in the run": (
+        lambda c: stage(c, "order_items", [{"order_id": "o4", "line_no": 1}]),
+        {("order_items", COMPOUND, "order_id,line_no"): (2, 61), ("order_items", BETWEEN, "_copies"): (2, 61)}),
+    "item line also staged by an earlier run": (
+        lambda c: stage(c, "order_items", [{"order_id": "o4", "line_no": 2}], ingest_id=RUN - 1),
+        {("order_items", BETWEEN, "_copies"): (1, 60)}),
+    "zero quantity": (
+        lambda c: c.execute("UPDATE staging.order_items SET quantity = 0 WHERE order_id = 'o9'"),
+        {("order_items", BETWEEN, "quantity"): (2, 60)}),
+    "negative unit price": (
+        lambda c: c.execute("UPDATE staging.order_items SET unit_price = -1 WHERE order_id = 'o9' AND line_no = 1"),
+        {("order_items", BETWEEN, "unit_price"): (1, 60)}),
+    "review twice in the run": (
+        lambda c: stage(c, "reviews", [{"order_id": "o2", "rating": 4}]),
+        {("reviews", COMPOUND, "order_id,created_at"): (2, 11), ("reviews", BETWEEN, "_copies"): (2, 11)}),
+    "review also staged by an earlier run": (
+        lambda c: stage(c, "reviews", [{"order_id": "o3"}], ingest_id=RUN - 1),
+        {("reviews", BETWEEN, "_copies"): (1, 10)}),
+    "rating 6": (
+        lambda c: c.execute("UPDATE staging.reviews SET rating = 6 WHERE order_id = 'o1'"),
+        {("reviews", BETWEEN, "rating"): (1, 10)}),
+    "rating 0": (
+        lambda c: c.execute("UPDATE staging.reviews SET rating = 0 WHERE order_id = 'o1'"),
+        {("reviews", BETWEEN, "rating"): (1, 10)}),
+    "unknown suppression channel": (
+        lambda c: c.execute("UPDATE staging.suppressions SET channel = 'fax' WHERE channel = 'email'"),
+        {("suppressions", IN_SET, "channel"): (1, 3)}),
+}
+
+REPORTED = {
+    "order of an unknown customer": (
+        lambda c: c.execute("UPDATE staging.orders SET customer_id = 'ghost' WHERE order_id IN ('o1', 'o2', 'o3')"),
+        {("orders", IN_SET, "_known_customer"): (3, 40)}),
+    "item of an unknown order": (
+        lambda c: stage(c, "order_items", [{"order_id": "o404", "line_no": 1}]),
+        {("order_items", IN_SET, "_known_order"): (1, 61)}),
+    "review of an unknown order": (
+        lambda c: stage(c, "reviews", [{"order_id": "o404"}, {"order_id": "o405"}]),
+        {("reviews", IN_SET, "_known_order"): (2, 12)}),
+}
+
+
+def test_the_good_rows_pass_every_check(good):
+    results = validate_ingest(good, RUN)
+    assert failures(results) == {}
+    checked = {r["suite"] for r in results}
+    assert checked == {f"staging.{e}" for e in SUITES}
+    assert len(results) == sum(len(checks) for _, checks in SUITES.values()), "one result per check"
+    counts = {r["suite"]: r["element_count"] for r in results}
+    assert counts == {"staging.customers": 20, "staging.products": 5, "staging.orders": 40,
+                      "staging.order_items": 60, "staging.reviews": 10, "staging.suppressions": 3}
+    assert good.execute("SELECT count(*) FROM ops.validation_results WHERE success").fetchone()[0] == len(results)
+
+
+@pytest.mark.parametrize("case", list(CRITICAL))
+def test_each_critical_check_fails_the_run_naming_itself_and_its_count(good, case):
+    breaks, expected = CRITICAL[case]
+    breaks(good)
+    with pytest.raises(ValidationFailed) as info:
+        validate_ingest(good, RUN)
+    assert stored_failures(good) == expected, "stored with their counts"
+    critical = {k: v for k, v in expected.items() if not k[2].startswith("_known_")}   # orphans are reported
+    message = str(info.value)
+    for (suite, expectation, column), (bad, rows) in critical.items():
+        assert f"staging.{suite}: {expectation}({column}) failed for {bad} of {rows} rows" in message
+    assert message.count(" failed for ") == len(critical), message
+
+
+@pytest.mark.parametrize("case", list(REPORTED))
+def test_each_reported_check_is_stored_but_does_not_fail_the_run(good, case):
+    breaks, expected = REPORTED[case]
+    breaks(good)
+    results = validate_ingest(good, RUN)
+    assert failures(results) == expected
+    assert stored_failures(good) == expected
+    [failed] = [r for r in results if not r["success"]]
+    assert failed["critical"] is False and " is not in " in failed["label"]
+
+
+def test_an_empty_run_checks_nothing(good):
+    assert validate_ingest(good, RUN + 1) == []
+
+
+def test_a_run_whose_every_file_is_quarantined_is_recorded(con, landing):
+    """Nothing to check is not an error (it was: an empty insert into ops.validation_results)."""
+    landing.raw("orders", "export.xlsx", b"PK\x03\x04 a workbook")
+    result = load(con, landing.root, validate=validate_ingest)
+    assert result.validation == [] and len(result.files_quarantined) == 1
+    assert con.execute("SELECT count(*) FROM ops.quarantine").fetchone()[0] == 1
+    assert con.execute("SELECT status FROM ops.ingest_runs").fetchall() == [("ok",)]
+
+
+def test_the_checks_see_the_open_transaction_and_leave_it_open(con):
+    """GX queries through the caller's own connection: it sees the uncommitted rows and cannot commit or
+    roll back the transaction they belong to."""
+    con.execute("BEGIN TRANSACTION")
+    stage(con, "orders", [{"order_id": f"o{i}", "customer_id": "ghost"} for i in range(30)])
+    results = validate_ingest(con, RUN)
+    assert failures(results) == {("orders", IN_SET, "_known_customer"): (30, 30)}
+    with pytest.raises(duckdb.TransactionException):
+        con.execute("BEGIN TRANSACTION")          # still inside the caller's transaction
+    con.execute("ROLLBACK")
+    assert con.execute("SELECT count(*) FROM staging.orders").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM ops.validation_results").fetchone()[0] == 0, "rolled back with it"
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone()[0] == 0
+
+
+def test_a_bad_row_among_many_rolls_the_whole_ingest_back_naming_the_expectation_and_the_count(con, landing):
+    n = 5_000
+    landing.csv("customers", "c.csv", [customer("c1")])
+    landing.parquet("orders", "big.parquet", [order(f"o{i:05}", total_amount=f"{i % 500}.25") for i in range(n)])
+
+    def staging_let_one_through(c, ingest_id):
+        # a bad value that the staging rules missed, inside the ingest's transaction
+        c.execute("UPDATE staging.orders SET total_amount = -3 WHERE order_id = 'o04242'")
+        return validate_ingest(c, ingest_id)
+
+    with pytest.raises(ValidationFailed) as info:
+        load(con, landing.root, validate=staging_let_one_through)
+    assert str(info.value) == (f"staging.orders: expect_column_values_to_be_between(total_amount) failed for 1 of "
+                               f"{n} rows")
+    for table in ("staging.orders", "staging.customers", "ops.ingest_runs", "ops.ingested_files",
+                  "ops.validation_results"):
+        assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+    again = load(con, landing.root, validate=validate_ingest)
+    assert (again.files_new, again.rows_loaded) == (2, n + 1), "the files are still new, and load when good"
+    assert failures(again.validation) == {}
+
+
+def test_no_row_is_pulled_into_pandas(good, monkeypatch):
+    """The checks run where the rows are: no pandas frame is built of them (the old way built one per suite)."""
+    sizes = []
+    init = pd.DataFrame.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        sizes.append(len(self))
+
+    monkeypatch.setattr(pd.DataFrame, "__init__", spy)
+    stage(good, "orders", [{"order_id": f"x{i}", "customer_id": "c1"} for i in range(200)])
+    results = validate_ingest(good, RUN)
+    assert {r["suite"]: r["element_count"] for r in results}["staging.orders"] == 240
+    assert max(sizes, default=0) < 20, sizes
+
+
+def test_a_check_that_cannot_be_evaluated_fails_the_run_saying_so(good, monkeypatch):
+    query, checks = SUITES["products"]
+    monkeypatch.setitem(SUITES, "products", (query, [*checks, Check("ExpectColumnValuesToNotBeNull", {"column": "gone"})]))
+    with pytest.raises(ValidationFailed, match=r"staging\.products: expect_column_values_to_not_be_null\(gone\) "
+                                               r"could not be evaluated"):
+        validate_ingest(good, RUN)
+
+
+# ---------------------------------------------------------------------------------------------- outbox
+
+def outbox(n: int, **bad: dict[int, object]) -> pl.DataFrame:
+    """n good messages (SMS, recipient set); `bad` sets column values by row: recipient={3: None}."""
+    columns = {"message_id": [f"payment_reminder:o{i}" for i in range(n)], "paid_at_t": [False] * n,
+               "in_quiet": [False] * n, "over_cap": [False] * n, "opted_out": [False] * n,
+               "recipient": [f"+86138{i:08}" for i in range(n)], "channel": ["sms"] * n}
+    for column, rows in bad.items():
+        for i, value in rows.items():
+            columns[column][i] = value
+    return pl.DataFrame(columns, schema_overrides={"recipient": pl.String})
+
+
+@pytest.mark.parametrize("bad,failed", [
+    ({"paid_at_t": {1: True}}, "paid_at_t) failed for 1 of 50 rows (a payment reminder for an order paid at T)"),
+    ({"in_quiet": {1: True, 2: True}}, "in_quiet) failed for 2 of 50 rows (a payment reminder inside the shop's quiet hours)"),
+    ({"over_cap": {9: True}}, "over_cap) failed for 1 of 50 rows (more payment reminders to a customer today than daily_cap)"),
+    ({"opted_out": {0: True}}, "opted_out) failed for 1 of 50 rows (a message to an opted-out customer)"),
+    ({"recipient": {4: None}}, "recipient) failed for 1 of 50 rows (an automatic message without a recipient)"),
+    ({"message_id": {5: "payment_reminder:o6"}}, "message_id) failed for 2 of 50 rows (a message created twice)"),
+])
+def test_each_outbox_check_stops_the_dispatch(con, bad, failed):
+    with pytest.raises(ValidationFailed) as info:
+        validate_outbox(con, outbox(50, **bad), T)
+    assert str(info.value).startswith("outbox: expect_column_") and str(info.value).endswith(failed)
+    assert con.execute("SELECT count(*) FROM ops.validation_results WHERE run_kind = 'dispatch' AND NOT success "
+                       "AND run_ref = ?", [T.isoformat()]).fetchone()[0] == 1
+
+
+def test_a_call_needs_no_recipient_and_the_frame_is_left_alone(con):
+    frame = outbox(50, recipient={3: None, 4: None}, channel={3: "call", 4: "call"})
+    results = validate_outbox(con, frame, T)
+    assert [r for r in results if not r["success"]] == [] and len(results) == 6
+    assert {r["element_count"] for r in results} == {50}
+    assert frame["recipient"].null_count() == 2, "the dispatch's frame is not changed"
+    assert con.execute("SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name LIKE '_gx%'").fetchone()[0] == 0

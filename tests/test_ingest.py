@@ -331,3 +331,162 @@ def test_timestamp_forms(con, text, expected):
 @pytest.mark.parametrize("text,expected", [("2", 2), ("2.0", 2), (" 7 ", 7), ("2.5", None), ("two", None), ("", None)])
 def test_whole_numbers(con, text, expected):
     assert con.execute("SELECT crm_int(crm_text(?))", [text]).fetchone()[0] == expected
+
+
+# ------------------------------------------------------------------------------------- scale (issue 13)
+
+def _everything_staged(con) -> dict[str, list[tuple]]:
+    out = {}
+    for table, key in (("orders", "order_id"), ("order_items", "order_id, line_no"), ("customers", "customer_id"),
+                       ("reviews", "order_id"), ("products", "product_id")):
+        out[table] = con.execute(f"SELECT * EXCLUDE (_source_file, _ingest_id, _file_ord, _row_number) "
+                                 f"FROM staging.{table} ORDER BY {key}").fetchall()
+    out["quarantine"] = con.execute("SELECT entity, row_number, reason, \"row\" FROM ops.quarantine "
+                                    "ORDER BY entity, row_number").fetchall()
+    return out
+
+
+def test_typed_parquet_columns_stage_as_their_text_does(tmp_path, config_path):
+    """Parquet columns that already have the entity's type (TIMESTAMPTZ, DECIMAL to the cent, INTEGER,
+    BOOLEAN) skip the text round trip: the same rows written as CSV text give the same staged rows, the same
+    bad rows and reasons, and the same quarantined row (JSON)."""
+    from crm.config import load_settings
+    from crm.db import connect, sync_shops
+
+    ts = [datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc), datetime(2026, 11, 20, 3, 30, tzinfo=timezone.utc), None]
+    orders = pl.DataFrame({
+        "order_id": ["o1", "o2", "neg"], "shop_id": ["s1", "s2", "s1"], "customer_id": ["c1", "c2", "c1"],
+        "platform": ["jd", "amazon", "jd"], "created_at": [ts[0], ts[1], ts[0]], "paid_at": [ts[1], None, None],
+        "total_amount": [12.5, 0.0, -3.0], "updated_at": [ts[1], ts[1], None],
+    }).with_columns(pl.col("total_amount").cast(pl.Decimal(12, 2)))
+    items = pl.DataFrame({"order_id": ["o1", "o1", "o2"], "line_no": [1, 2, 1], "product_id": ["p1", "p2", "p1"],
+                          "quantity": [2, 0, 1], "unit_price": [6.25, 1.0, -0.01]}).with_columns(
+        pl.col("line_no", "quantity").cast(pl.Int32), pl.col("unit_price").cast(pl.Decimal(10, 2)))
+    thousandths = pl.DataFrame({"order_id": ["o3"], "line_no": [1], "product_id": ["p1"], "quantity": [1],
+                                "unit_price": [1.005]}).with_columns(pl.col("unit_price").cast(pl.Decimal(10, 3)))
+    customers = pl.DataFrame({
+        "customer_id": ["c1", "c2"], "shop_id": ["s1", "s2"], "name": ["张三", "Ann"], "phone": ["13800000001", None],
+        "email": [None, "ann@example.com"], "member_level": [3, -1], "registered_at": [ts[0], ts[0]],
+        "opt_out": [True, False], "updated_at": [ts[0], ts[1]],
+    }).with_columns(pl.col("member_level").cast(pl.Int16))
+    reviews = pl.DataFrame({"order_id": ["o1", "o2"], "created_at": [ts[1], ts[1]], "rating": [5, 9],
+                            "text": ["好", None]}).with_columns(pl.col("rating").cast(pl.Int8))
+
+    def as_text(frame: pl.DataFrame) -> pl.DataFrame:          # what DuckDB's text cast of each value gives
+        return frame.with_columns(
+            [pl.col(c).dt.strftime("%Y-%m-%d %H:%M:%S+00") for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
+            + [pl.col(c).cast(pl.String) for c, t in frame.schema.items() if not isinstance(t, pl.Datetime)])
+
+    results = []
+    for kind in ("parquet", "csv"):
+        folder = tmp_path / kind
+        for entity, frame, name in (("orders", orders, "o"), ("order_items", items, "i"), ("order_items", thousandths, "j"),
+                                    ("customers", customers, "c"), ("reviews", reviews, "r")):
+            (folder / entity).mkdir(parents=True, exist_ok=True)
+            if kind == "parquet":
+                frame.write_parquet(folder / entity / f"{name}.parquet")
+            else:
+                as_text(frame).with_columns(pl.col(pl.String).fill_null("")).write_csv(folder / entity / f"{name}.csv")
+        c = connect(tmp_path / f"{kind}.duckdb")
+        sync_shops(c, load_settings(config_path))
+        load(c, folder)
+        results.append(_everything_staged(c))
+        c.close()
+    parquet, text = results
+    assert sorted(r[2] for r in parquet["quarantine"]) == [
+        "missing updated_at; negative total_amount -3.00", "negative member_level -1", "negative unit_price -0.01",
+        "quantity must be > 0, got 0", "rating must be 1-5, got 9", "unit_price has more than 2 decimals: 1.005"]
+    assert parquet["orders"] and parquet["customers"][0][8] is True
+    for table in parquet:
+        if table == "quarantine":       # the raw row: JSON from Parquet, the line as written from CSV
+            assert [r[:3] for r in parquet[table]] == [r[:3] for r in text[table]]
+            row = next(r[3] for r in parquet[table] if r[2] == "negative unit_price -0.01")
+            assert json.loads(row) == {"order_id": "o2", "line_no": "1", "product_id": "p1", "quantity": "1",
+                                       "unit_price": "-0.01"}, "the row as it was, typed values as text"
+        else:
+            assert parquet[table] == text[table], table
+
+
+def test_unchanged_files_are_not_read_again_to_hash_them(con, landing, monkeypatch):
+    import os
+
+    import transforms.ingest as ingest
+
+    landing.csv("orders", "a.csv", [order("o1")])
+    big = landing.csv("orders", "b.csv", [order("o2")])
+    reads = []
+    real = ingest._sha256
+    monkeypatch.setattr(ingest, "_sha256", lambda path: reads.append(path.name) or real(path))
+    assert load(con, landing.root).files_new == 2 and sorted(reads) == ["a.csv", "b.csv"]
+    reads.clear()
+    assert load(con, landing.root).files_new == 0 and reads == [], "same path, size, mtime, ctime, inode: not read"
+    landing.csv("orders", "c.csv", [order("o3")])
+    assert load(con, landing.root).files_new == 1 and reads == ["c.csv"], "only the new file is read"
+    # the same size and mtime, other bytes (mtime set back): its ctime changed, so it is read again and loaded
+    reads.clear()
+    stat = big.stat()
+    big.write_bytes(big.read_bytes().replace(b"o2", b"o9"))
+    os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert big.stat().st_size == stat.st_size and big.stat().st_mtime_ns == stat.st_mtime_ns
+    assert load(con, landing.root).files_new == 1 and reads == ["b.csv"]
+    assert sorted(r[0] for r in con.execute("SELECT order_id FROM staging.orders").fetchall()) == ["o1", "o2", "o3", "o9"]
+
+
+def test_a_later_drop_merges_into_loaded_rows(con, landing):
+    """The incremental merge (loaded rows found by this run's keys, replaced by row id): newer versions
+    replace, older ones are ignored, new keys are added, and a customer an order moved away from is marked
+    for the next plan."""
+    landing.csv("orders", "1.csv", [order(f"o{i}", customer_id="c1", updated_at="2026-11-20T10:00:00+08:00")
+                                    for i in range(5)])
+    load(con, landing.root)
+    landing.csv("orders", "2.csv", [
+        order("o1", customer_id="c2", updated_at="2026-11-20T11:00:00+08:00"),     # newer: replaces, moves
+        order("o2", customer_id="c3", updated_at="2026-11-20T09:00:00+08:00"),     # older: ignored
+        order("o3", customer_id="c1", total_amount="5.00", updated_at="2026-11-20T10:00:00+08:00"),  # tie: later drop
+        order("o9", customer_id="c4")])
+    load(con, landing.root)
+    got = dict(con.execute("SELECT order_id, customer_id || ' ' || total_amount FROM staging.orders").fetchall())
+    assert got == {"o0": "c1 99.00", "o1": "c2 99.00", "o2": "c1 99.00", "o3": "c1 5.00", "o4": "c1 99.00", "o9": "c4 99.00"}
+    assert con.execute("SELECT count(*), count(DISTINCT order_id) FROM staging.orders").fetchone() == (6, 6)
+    assert con.execute("SELECT shop_id, customer_id FROM ops.segment_dirty").fetchall() == [("s1", "c1")]
+
+
+def test_duckdb_memory_and_threads_are_bounded_and_configurable(db_path, monkeypatch):
+    from crm import db
+    from crm.config import ConfigError
+
+    c = db.connect(db_path)
+    limit = c.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    c.close()
+    assert db.memory_limit().endswith("MiB") and int(db.memory_limit()[:-3]) * 2**20 <= db.MEMORY_CAP
+    assert limit.endswith("GiB") or limit.endswith("MiB")
+    monkeypatch.setenv("CRM_DUCKDB_MEMORY", "1GB")
+    monkeypatch.setenv("CRM_DUCKDB_THREADS", "1")
+    c = db.connect(db_path)
+    assert c.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchone() == ("953.6 MiB", 1)
+    c.close()
+    monkeypatch.setenv("CRM_DUCKDB_MEMORY", "lots")
+    with pytest.raises(ConfigError) as info:
+        db.connect(db_path)
+    assert str(info.value).startswith("CRM_DUCKDB_MEMORY='lots': not a DuckDB memory_limit")
+
+
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "Asia/Tokyo", "Asia/Kolkata", "America/New_York", "UTC"])
+def test_a_fixed_offset_zone_converts_exactly_as_duckdb_does(zone):
+    """A zone whose offset is fixed since some date gets plain arithmetic after it (crm.db.shop_macros):
+    the same instants and wall-clock times as DuckDB's ICU conversion, also around that date (Shanghai had
+    daylight saving time until 1991) and far in the future."""
+    from crm.db import shop_macros, sql_text
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(sql_text("macros.sql"))
+    shop_macros(con, [("a", zone), ("b", "Europe/Berlin")])
+    wrong = con.execute(f"""
+        SELECT count(*) FILTER (WHERE crm_shop_utc('a', l) IS DISTINCT FROM crm_utc(l, '{zone}')
+                                   OR crm_zone_utc('{zone}', l) IS DISTINCT FROM crm_utc(l, '{zone}')
+                                   OR crm_shop_local('a', u) IS DISTINCT FROM timezone('{zone}', u)),
+               count(*)
+        FROM (SELECT l, timezone('UTC', l) AS u
+              FROM (SELECT TIMESTAMP '1985-01-01' + to_minutes(i * 7919) AS l FROM range(40000) t(i)))""").fetchone()
+    assert wrong == (0, 40000)

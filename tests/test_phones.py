@@ -213,3 +213,123 @@ def test_repeated_numbers_are_parsed_once():
     again = [phones.e164(n) for n in numbers]
     info = phones.parse.cache_info()
     assert first == again and (info.misses, info.hits) == (500, 500)
+
+
+# ------------------------------------------------------------------------------------ the fast path
+#
+# crm_e164 answers the common shapes in plain SQL and asks libphonenumber only for the rest: it must give
+# exactly what libphonenumber gives. Numbers of every shape are generated (a fixed seed), the fast path's
+# answers compared with libphonenumber's one by one, and the common shapes must all be answered by the fast
+# path itself (libphonenumber is not asked for them).
+
+def _digits(rng, n: int) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(n))
+
+
+def _common(rng) -> tuple[str, str, str]:
+    """(text, region, E.164) in a shape the fast path answers."""
+    kind = rng.randrange(5)
+    if kind == 3:                                                # a UK mobile
+        n = "7" + rng.choice("123456789") + _digits(rng, 8)
+        text, region = rng.choice([(f"0{n}", "GB"), (f"0{n[:4]} {n[4:]}", "GB"), (f"+44 {n[:4]} {n[4:]}", "GB"),
+                                   (f"+44{n}", rng.choice(["CN", "US", "JP"])), (f"0044 {n}", "GB"), (f"0044{n}", "DE")])
+        return text, region, "+44" + n
+    if kind == 4:                                                # a Japanese mobile
+        n = rng.choice("789") + "0" + _digits(rng, 8)
+        text, region = rng.choice([(f"0{n}", "JP"), (f"0{n[:2]}-{n[2:6]}-{n[6:]}", "JP"), (f"+81 {n[:2]} {n[2:6]} {n[6:]}", "JP"),
+                                   (f"+81{n}", rng.choice(["CN", "US", "GB"])), (f"0081{n}", "CN")])
+        return text, region, "+81" + n
+    if kind == 0:                                                # a Chinese mobile
+        n = "1" + rng.choice("3456789") + _digits(rng, 9)
+        while n.startswith("179"):
+            n = "1" + rng.choice("3456789") + _digits(rng, 9)
+        a, b, c = n[:3], n[3:7], n[7:]
+        text, region = rng.choice([
+            (n, "CN"), (f"{a} {b} {c}", "CN"), (f"{a}-{b}-{c}", "CN"), (f"86{n}", "CN"), (f"86 {n}", "CN"),
+            (f"0086{n}", "CN"), (f"0086-{a}-{b}-{c}", "CN"), (f"+86{n}", rng.choice(["CN", "US", "DE"])),
+            (f"+86 {a} {b} {c}", "US"), (f"+86 ({a}) {b}-{c}", "CN"), (f"{a}.{b}.{c}", "CN"), (f" {n} ", "CN"),
+            (f"0086 {n}", "DE")])
+        return text, region, "+86" + n
+    if kind == 1:                                                # a NANP number
+        n = rng.choice("23456789") + _digits(rng, 2) + rng.choice("23456789") + _digits(rng, 6)
+        a, b, c = n[:3], n[3:6], n[6:]
+        text, region = rng.choice([
+            (n, "US"), (f"({a}) {b}-{c}", "US"), (f"{a}-{b}-{c}", "US"), (f"1{n}", "US"), (f"1 ({a}) {b}-{c}", "US"),
+            (f"+1{n}", rng.choice(["US", "CN", "DE"])), (f"+1 {a} {b} {c}", "US"), (f"+1-{a}-{b}-{c}", "CN"),
+            (f"{a}.{b}.{c}", "US"), (f"001{n}", "CN"), (f"001 {a} {b} {c}", "DE")])
+        return text, region, "+1" + n
+    n = rng.choice("123456789") + _digits(rng, rng.randrange(5, 13))   # German: 6 to 13 digits
+    text, region = rng.choice([
+        (f"0{n}", "DE"), (f"0{n[:3]} {n[3:]}", "DE"), (f"0{n[:3]}-{n[3:]}", "DE"), (f"(0{n[:2]}) {n[2:]}", "DE"),
+        (f"+49{n}", rng.choice(["DE", "US", "CN"])), (f"+49 {n[:3]} {n[3:]}", "DE"), (f"0049{n}", "DE"),
+        (f"0049 {n}", "CN")])
+    return text, region, "+49" + n
+
+
+def _other(rng) -> tuple[str, str | None]:
+    """Text of any other shape, near misses of the fast path's shapes included (its answer must be NULL or
+    libphonenumber's)."""
+    region = rng.choice(["CN", "US", "DE", "GB", "JP", "FR", None])
+    n = _digits(rng, rng.randrange(1, 16))
+    mobile = "1" + rng.choice("0123456789") + _digits(rng, 9)
+    return rng.choice([
+        (n, region), ("+" + n, region), ("00" + n, region), ("0" + n, region), ("011" + n, region),
+        ("179" + _digits(rng, 8), "CN"), ("86179" + _digits(rng, 8), "CN"), ("+86179" + _digits(rng, 8), region),
+        (mobile, "CN"), ("86" + mobile, "CN"), ("+86" + mobile, region), ("+86 0" + mobile, region),
+        ("1" + _digits(rng, 10), "US"), ("+1" + _digits(rng, 10), region), (_digits(rng, 10), "US"),
+        ("+49 (0)" + _digits(rng, 9), region), ("+490" + _digits(rng, 9), "DE"), ("0" + _digits(rng, 10), "DE"),
+        ("(+86) " + mobile, "CN"), ("+(86) " + mobile, "CN"), ("+" + mobile, region), ("++86" + mobile, "CN"),
+        (mobile + ".", "CN"), (mobile + ")", "CN"), ("-" + mobile, "CN"), ("1-3-8" + _digits(rng, 8), "CN"),
+        ("１３８" + _digits(rng, 8), "CN"), ("+86 138 " + _digits(rng, 4) + " ext. 12", "CN"),
+        ("tel:+86" + mobile, "CN"), (mobile + "/" + mobile, "CN"), ("\u00a0" + mobile, "CN"), (mobile[:6] + "\t" + mobile[6:], "CN"),
+        ("(212) 555-" + _digits(rng, 4), region), ("+44 7700 " + _digits(rng, 6), region), ("090-" + _digits(rng, 8), "JP"),
+        ("07" + _digits(rng, rng.randrange(7, 11)), "GB"), ("+447" + _digits(rng, rng.randrange(7, 11)), region),
+        ("0" + _digits(rng, 10), "GB"), ("0" + _digits(rng, 10), "JP"), ("0" + rng.choice("789") + "0" + _digits(rng, rng.randrange(6, 10)), "JP"),
+        ("+81" + rng.choice("789") + _digits(rng, 9), region), ("01081" + _digits(rng, 10), "JP"), ("00" + _digits(rng, 12), "GB"),
+        ("n/a", region), ("", region), ("+", region), ("()", region),
+    ])
+
+
+def _fast(con, rows: list[tuple[str, str | None]]) -> list[str | None]:
+    con.execute("CREATE OR REPLACE TEMP TABLE numbers AS SELECT unnest(range(len($t))) AS i, unnest($t) AS t, "
+                "unnest($r) AS region", {"t": [t for t, _ in rows], "r": [r for _, r in rows]})
+    return [r[0] for r in con.execute("SELECT crm_e164_fast(t, region) FROM numbers ORDER BY i").fetchall()]
+
+
+def test_the_fast_path_answers_the_common_shapes_exactly_as_libphonenumber():
+    import random
+
+    import phonenumbers
+
+    con = duckdb.connect()
+    phones.register(con)
+    rng = random.Random(20261123)
+    common = [_common(rng) for _ in range(30_000)]
+    fast = _fast(con, [(t, r) for t, r, _ in common])
+    lib = [phones.parse(t, r)[0] for t, r, _ in common]
+    assert lib == [e for _, _, e in common], "the generator's expectation is libphonenumber's"
+    assert [(t, r, f) for (t, r, _), f in zip(common, fast) if f is None] == [], "the fast path answers them all"
+    assert fast == lib
+    # through crm_e164, libphonenumber is not asked for any of them
+    phones.parse.cache_clear()
+    got = [r[0] for r in con.execute("SELECT crm_e164(t, region) FROM numbers ORDER BY i").fetchall()]
+    assert got == lib and phones.parse.cache_info().misses == 0
+    assert phonenumbers.__version__          # the library the comparison was made with
+
+
+def test_the_fast_path_is_never_wrong_on_other_shapes():
+    import random
+
+    con = duckdb.connect()
+    phones.register(con)
+    rng = random.Random(7)
+    other = [_other(rng) for _ in range(40_000)]
+    fast = _fast(con, other)
+    lib = [phones.e164(t, r) for t, r in other]
+    wrong = [(t, r, f, e) for (t, r), f, e in zip(other, fast, lib) if f is not None and f != e]
+    assert wrong == []
+    answered = sum(f is not None for f in fast)
+    assert 0 < answered < len(other), "some of them are the fast path's shapes, the rest are left to libphonenumber"
+    # and crm_e164 as a whole is libphonenumber's answer for every one
+    got = [r[0] for r in con.execute("SELECT crm_e164(t, region) FROM numbers ORDER BY i").fetchall()]
+    assert got == lib

@@ -2,9 +2,12 @@
 
 The steps, all set-based in DuckDB (Python only loops over entities and files, never rows):
 
-1. *discover*: every file under ``<landing>/<entity>/``, hashed; files whose content is already in
-   the manifest ``ops.ingested_files`` are skipped (a renamed copy is the same content).
-2. *land*: each new file is read by DuckDB with every column as text into ``land_<entity>``.
+1. *discover*: every file under ``<landing>/<entity>/``, hashed (a file whose path, size, mtime, ctime and
+   inode are unchanged since it was last hashed keeps that hash, ``ops.file_hashes``: it is not read again);
+   files whose content is already in the manifest ``ops.ingested_files`` are skipped (a renamed copy is the
+   same content).
+2. *land*: each new file is read by DuckDB with every column as text into ``land_<entity>`` (a Parquet
+   column that already has its column's type passes typed beside it: ``TYPED_KIND``).
    A file that cannot be read at all (a corrupt Parquet page, a CSV that is not text) is quarantined
    whole and the others load; a malformed CSV or JSON line is quarantined on its own. No column name,
    key or path read from the input ever becomes SQL text (see "2. land" below).
@@ -26,6 +29,7 @@ import hashlib
 import io
 import itertools
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -71,6 +75,38 @@ FORMATS = {
     ".csv": "csv", ".csv.gz": "csv",
     ".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".ndjson.gz": "ndjson", ".jsonl.gz": "ndjson",
 }
+
+
+# Parquet columns that already have the entity column's type are passed on typed, beside the text (which is
+# then NULL): parsing text is most of staging's cost, and a Parquet TIMESTAMPTZ, a DECIMAL to the cent or an
+# INTEGER needs no parsing (every other type is read as text, as CSV is). The staging models take
+# `<column>__typed` when it is set. A naive Parquet TIMESTAMP stays text: it is the shop's local time.
+TYPED_KIND = {
+    "created_at": "ts", "paid_at": "ts", "shipped_at": "ts", "delivered_at": "ts", "closed_at": "ts",
+    "refunded_at": "ts", "updated_at": "ts", "registered_at": "ts",
+    "total_amount": "money", "unit_price": "money",
+    "line_no": "int", "quantity": "int", "member_level": "int", "rating": "int", "followup_days": "int",
+    "opt_out": "bool",
+}
+_TYPED_SQL = {"ts": "TIMESTAMPTZ", "money": "DECIMAL(18, 2)", "int": "INTEGER", "bool": "BOOLEAN"}
+_INT_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "UTINYINT", "USMALLINT"})
+
+
+def typed_columns(entity: "Entity") -> list[str]:
+    """The entity's columns that can come typed from Parquet, in column order."""
+    return [c for c in entity.columns if c in TYPED_KIND]
+
+
+def _takes_typed(kind: str, parquet_type: str) -> bool:
+    """Whether a Parquet column of DuckDB type `parquet_type` is exactly what a column of `kind` holds."""
+    if kind == "ts":
+        return parquet_type == "TIMESTAMP WITH TIME ZONE"
+    if kind == "money":
+        m = re.fullmatch(r"DECIMAL\((\d+),(\d+)\)", parquet_type.replace(" ", ""))
+        return bool(m) and int(m[1]) <= 18 and int(m[2]) <= 2
+    if kind == "int":
+        return parquet_type in _INT_TYPES
+    return parquet_type == "BOOLEAN"
 
 
 class IngestError(Exception):
@@ -159,12 +195,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def _insert_rows(con, insert: str, rows: list[tuple], types: tuple[str, ...], tail: str = "") -> None:
+    """`insert` SELECT the rows, one list per column (executemany costs ~8 ms a row)."""
+    cols = ", ".join(f"unnest(${i + 1}::{t}[])" for i, t in enumerate(types))
+    con.execute(f"{insert} SELECT {cols}{tail}", [list(c) for c in zip(*rows)])
+
+
 def select_new(con: duckdb.DuckDBPyConnection, files: list[LandingFile], step: Step | None = None) -> list[LandingFile]:
-    """The files whose content the manifest has not seen (each content once, at its first path)."""
+    """The files whose content the manifest has not seen (each content once, at its first path).
+
+    Only files not seen before are read to hash them: a path whose size, mtime, ctime and inode are those
+    recorded in ops.file_hashes keeps its hash (writing a file changes its mtime and ctime, and no tool can
+    set a ctime back), so a landing folder of many GB costs a stat per file, not a read."""
+    cached = {r[0]: (tuple(r[1:5]), r[5]) for r in con.execute(
+        "SELECT path, size_bytes, mtime_ns, ctime_ns, inode, file_hash FROM ops.file_hashes "
+        "WHERE path IN (SELECT unnest(?::VARCHAR[]))", [[str(f.path) for f in files]]).fetchall()}
+    hashed = []
     for f in files:
+        ident = _identity(f.path)
+        hit = cached.get(str(f.path))
+        if hit is not None and hit[0] == ident:
+            f.sha256 = hit[1]
+            continue
         f.sha256 = _sha256(f.path)
+        if _identity(f.path) == ident:                  # not being written meanwhile: worth remembering
+            hashed.append((str(f.path), *ident, f.sha256))
         if step:
             step("hash", f.size)
+    if hashed:
+        _insert_rows(con, "INSERT OR REPLACE INTO ops.file_hashes", hashed,
+                     ("VARCHAR", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR"))
     known = {r[0] for r in con.execute("SELECT file_hash FROM ops.ingested_files").fetchall()}
     fresh, seen = [], set()
     for f in files:
@@ -220,13 +285,15 @@ def _match_columns(entity: Entity, names: list[str]) -> tuple[dict[str, int], li
 
 
 def _projection(entity: Entity, known: dict[str, int], extras: list[tuple[str, int]],
-                ref: Callable[[int], str], key: Callable[[int], str], list_columns: frozenset[int] = frozenset()) -> str:
+                ref: Callable[[int], str], key: Callable[[int], str], list_columns: frozenset[int] = frozenset(),
+                typed: dict[int, str] | None = None) -> str:
     """The SELECT list turning a file's columns (`ref(position)`) into the land table's; `key(k)` is the SQL of
-    the k-th extra column's name (a bound value, never the name itself)."""
+    the k-th extra column's name (a bound value, never the name itself). Columns in `typed` (positions) go
+    typed, in `<column>__typed` (see land_view): their text is NULL."""
     parts = []
     for col in entity.columns:
         i = known.get(col)
-        if i is None:
+        if i is None or i in (typed or {}):
             parts.append(f'NULL::VARCHAR AS "{col}"')
         elif i in list_columns:
             parts.append(f"array_to_string(CAST({ref(i)} AS VARCHAR[]), ';') AS \"{col}\"")
@@ -288,10 +355,15 @@ def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict
     known, extras = _match_columns(entity, names)
     con.execute(f"SET VARIABLE {var}_keys = ?", [[k for k, _ in extras] or [""]])
     con.execute(f"SELECT min(hash(s)) FROM read_parquet(getvariable('{var}')) s").fetchall()
+    typed = {known[c]: c for c in typed_columns(entity)
+             if c in known and _takes_typed(TYPED_KIND[c], str(described[known[c]][1]))}
     columns = _projection(entity, known, extras, ref=lambda i: f"#{i + 1}",
-                          key=lambda k: f"getvariable('{var}_keys')[{k + 1}]", list_columns=lists)
+                          key=lambda k: f"getvariable('{var}_keys')[{k + 1}]", list_columns=lists, typed=typed)
+    tail = ", ".join(f'CAST(#{known[c] + 1} AS {_TYPED_SQL[TYPED_KIND[c]]}) AS "{c}__typed"' if known.get(c) in typed
+                     else f'NULL::{_TYPED_SQL[TYPED_KIND[c]]} AS "{c}__typed"' for c in typed_columns(entity))
     select = (f"SELECT {columns}, NULL AS _raw, getvariable('{var}_name') AS _source_file, {f.order} AS _file_ord, "
-              f"file_row_number + 1 AS _row_number FROM read_parquet(getvariable('{var}'), file_row_number = true)")
+              f"file_row_number + 1 AS _row_number{', ' + tail if tail else ''} "
+              f"FROM read_parquet(getvariable('{var}'), file_row_number = true)")
     con.execute(select + " LIMIT 0").fetchall()           # it binds: the staging view will too
     rows = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [str(f.read_path)]).fetchone()[0]
     f.select = select
@@ -299,9 +371,12 @@ def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict
 
 
 def land_view(con, entity: Entity, files: list[LandingFile], name: str | None = None) -> str:
-    """land_<entity>: the text rows of CSV/NDJSON files and every readable Parquet file, as one relation."""
+    """land_<entity>: the text rows of CSV/NDJSON files and every readable Parquet file, as one relation: the
+    entity's columns as text, lineage, then `<column>__typed` for the columns that can come typed from Parquet
+    (NULL for every other file)."""
     name = name or f"land_{entity.name}"
-    parts = [f"SELECT * FROM land_{entity.name}_text"]
+    tail = "".join(f', NULL::{_TYPED_SQL[TYPED_KIND[c]]} AS "{c}__typed"' for c in typed_columns(entity))
+    parts = [f"SELECT *{tail} FROM land_{entity.name}_text"]
     parts += [f.select for f in files if f.format == "parquet" and getattr(f, "select", None)]
     con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL ".join(parts))
     return name
@@ -557,17 +632,21 @@ def _land_ndjson(con, entity: Entity, table: str, f: LandingFile, outcome: dict)
 def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile]) -> int:
     """Type the landed rows, quarantine the bad ones, merge the good ones; returns the good count."""
     land_view(con, entity, files)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE stg_{entity.name} AS " + sql_text(f"staging/stg_{entity.name}.sql"))
+    # the typed rows without their file's path (the same for all rows of a file, ~70 bytes a row): _merge
+    # takes it from _files by _file_ord
+    con.execute(f"CREATE OR REPLACE TEMP TABLE stg_{entity.name} AS SELECT * EXCLUDE (_source_file) FROM ("
+                + sql_text(f"staging/stg_{entity.name}.sql") + ")")
     bad_files = {r[0] for r in con.execute(
         f"SELECT DISTINCT _file_ord FROM stg_{entity.name} WHERE _reject_reason IS NOT NULL").fetchall()}
     if bad_files:
         # the rows themselves, read again only from the files that have bad rows
         source = land_view(con, entity, [f for f in files if f.order in bad_files], f"land_{entity.name}_bad")
-        as_json = ", ".join(f"'{c}', l.\"{c}\"" for c in entity.columns)
+        as_json = ", ".join(f"'{c}', coalesce(l.\"{c}\", l.\"{c}__typed\"::VARCHAR)" if c in TYPED_KIND
+                            else f"'{c}', l.\"{c}\"" for c in entity.columns)
         con.execute(
             f"""
             INSERT INTO ops.quarantine
-            SELECT ?, s._source_file, s._row_number,
+            SELECT ?, l._source_file, s._row_number,
                    coalesce(l._raw, json_merge_patch(json_object({as_json}), coalesce(l._extra, '{{}}'))::VARCHAR),
                    s._reject_reason, ?, now()
             FROM stg_{entity.name} s
@@ -582,6 +661,9 @@ def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile]) -> int
 
 
 def _merge(con, entity: Entity, ingest_id: int) -> int:
+    """Merge this run's good rows into staging.<entity>: per key the newest version wins (updated_at, then the
+    later drop). Costs grow with this run's rows, not with what is loaded: the loaded rows are read once, by
+    a join on this run's keys (_old), and replaced by their row ids."""
     name = entity.name
     target = f"staging.{name}"
     good = con.execute(f"SELECT count(*) FROM stg_{name} WHERE _reject_reason IS NULL").fetchone()[0]
@@ -589,37 +671,54 @@ def _merge(con, entity: Entity, ingest_id: int) -> int:
         # no key: a row is its own key; an exact repeat is kept once
         cols = ", ".join(entity.columns)
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _win AS SELECT * EXCLUDE (_reject_reason), {ingest_id} AS _ingest_id "
-            f"FROM stg_{name} WHERE _reject_reason IS NULL "
+            f"CREATE OR REPLACE TEMP TABLE _win AS SELECT s.* EXCLUDE (_reject_reason), f._source_file, "
+            f"{ingest_id} AS _ingest_id FROM stg_{name} s JOIN _files f USING (_file_ord) WHERE _reject_reason IS NULL "
             f"QUALIFY row_number() OVER (PARTITION BY {cols} ORDER BY _file_ord, _row_number) = 1"
         )
         same = " AND ".join(f"t.{c} IS NOT DISTINCT FROM w.{c}" for c in entity.columns)
         con.execute(f"INSERT INTO {target} BY NAME SELECT w.* FROM _win w WHERE NOT EXISTS "
                     f"(SELECT 1 FROM {target} t WHERE {same})")
-    else:
-        key = ", ".join(entity.key)
-        newest = "updated_at DESC, " if entity.versioned else ""
-        winners = (f"SELECT * EXCLUDE (_reject_reason), {ingest_id} AS _ingest_id "
-                   f"FROM stg_{name} WHERE _reject_reason IS NULL "
-                   f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {newest}_file_ord DESC, _row_number DESC) = 1")
-        if con.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {target})").fetchone()[0]:
-            # first load: nothing to replace
-            con.execute(f"INSERT INTO {target} BY NAME {winners}")
-            return good
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _win AS {winners}")
-        on = " AND ".join(f"t.{c} = w.{c}" for c in entity.key)
-        # this run is a later drop than anything loaded: on equal updated_at, it wins
-        newer = " AND w.updated_at >= t.updated_at" if entity.versioned else ""
-        if name == "orders":
-            # an order that moves to another customer changes the old one's segment too (one that names
-            # another shop is refused by stg_orders; the shop_id test stays as a guard)
-            con.execute(f"INSERT INTO ops.segment_dirty SELECT t.shop_id, t.customer_id FROM {target} t JOIN _win w "
-                        f"ON {on}{newer} WHERE t.customer_id <> w.customer_id OR t.shop_id <> w.shop_id")
-        con.execute(f"DELETE FROM {target} t USING _win w WHERE {on}{newer}")
-        con.execute(f"INSERT INTO {target} BY NAME SELECT w.* FROM _win w "
-                    f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {on})")
-    con.execute("DROP TABLE _win")
+        con.execute("DROP TABLE _win")
+        return good
+    key = ", ".join(entity.key)
+    newest = "updated_at DESC, " if entity.versioned else ""
+    # this run's winner per key: most keys come once (no window over them); the repeated ones are ranked
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS SELECT {key} FROM stg_{name} WHERE _reject_reason IS NULL "
+                f"GROUP BY {key} HAVING count(*) > 1")
+    pick = (f"SELECT s.* EXCLUDE (_reject_reason), f._source_file, {ingest_id} AS _ingest_id FROM stg_{name} s "
+            f"JOIN _files f USING (_file_ord) WHERE _reject_reason IS NULL")
+    winners = pick
+    if con.execute("SELECT count(*) FROM _dup").fetchone()[0]:
+        winners = (f"{pick} AND NOT EXISTS (SELECT 1 FROM _dup d WHERE {_on(entity, 'd', 's')}) UNION ALL "
+                   f"SELECT * FROM ({pick} AND EXISTS (SELECT 1 FROM _dup d WHERE {_on(entity, 'd', 's')}) QUALIFY "
+                   f"row_number() OVER (PARTITION BY {key} ORDER BY {newest}_file_ord DESC, _row_number DESC) = 1)")
+    if con.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {target})").fetchone()[0]:
+        # first load: nothing to replace
+        con.execute(f"INSERT INTO {target} BY NAME {winners}")
+        con.execute("DROP TABLE _dup")
+        return good
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _win AS {winners}")
+    extra = ", t.customer_id, t.shop_id" if name == "orders" else ""
+    stamp = ", t.updated_at" if entity.versioned else ""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _old AS SELECT t.rowid AS _rowid, {', '.join('t.' + c for c in entity.key)}"
+                f"{stamp}{extra} FROM {target} t SEMI JOIN _win w ON {_on(entity, 't', 'w')}")
+    on = _on(entity, "o", "w")
+    # this run is a later drop than anything loaded: on equal updated_at, it wins
+    newer = " AND w.updated_at >= o.updated_at" if entity.versioned else ""
+    if name == "orders":
+        # an order that moves to another customer changes the old one's segment too (one that names
+        # another shop is refused by stg_orders; the shop_id test stays as a guard)
+        con.execute(f"INSERT INTO ops.segment_dirty SELECT o.shop_id, o.customer_id FROM _old o JOIN _win w "
+                    f"ON {on}{newer} WHERE o.customer_id <> w.customer_id OR o.shop_id <> w.shop_id")
+    con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT o._rowid FROM _old o JOIN _win w ON {on}{newer})")
+    kept = f"SELECT 1 FROM _old o WHERE {on} AND w.updated_at < o.updated_at" if entity.versioned else "SELECT 1 WHERE false"
+    con.execute(f"INSERT INTO {target} BY NAME SELECT w.* FROM _win w WHERE NOT EXISTS ({kept})")
+    con.execute("DROP TABLE _win; DROP TABLE _old; DROP TABLE _dup")
     return good
+
+
+def _on(entity: Entity, a: str, b: str) -> str:
+    return " AND ".join(f"{a}.{c} = {b}.{c}" for c in entity.key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -693,6 +792,7 @@ def load(
         for entity in ENTITIES:
             con.execute(f"DROP VIEW IF EXISTS land_{entity}; DROP VIEW IF EXISTS land_{entity}_bad; "
                         f"DROP TABLE IF EXISTS land_{entity}_text")
+        con.execute("DROP TABLE IF EXISTS _files")
         for f in new:
             if f.format == "parquet":
                 var = _parquet_var(f)
@@ -708,6 +808,8 @@ def _stage_all(con, landing_dir, new: list[LandingFile], outcome: dict, result: 
     con.execute("INSERT INTO ops.ingest_runs (ingest_id, landing_dir, started_at) VALUES (?, ?, ?)",
                 [ingest_id, str(Path(landing_dir).resolve()), started])
     con.execute(f"INSERT INTO ops.quarantine SELECT *, ?, now() FROM {_PENDING}", [ingest_id])
+    con.execute("CREATE OR REPLACE TEMP TABLE _files AS SELECT unnest(?::INTEGER[]) AS _file_ord, "
+                "unnest(?::VARCHAR[]) AS _source_file", [[f.order for f in new], [str(f.path) for f in new]])
     for entity in ENTITIES.values():
         mine = [f for f in new if f.entity == entity.name]
         counts = result.entities.setdefault(entity.name, EntityCounts(files=len(mine)))
@@ -732,7 +834,8 @@ def _stage_all(con, landing_dir, new: list[LandingFile], outcome: dict, result: 
 def _record_manifest(con, new: list[LandingFile], outcome: dict, ingest_id: int) -> None:
     rows = [(f.sha256, f.entity, str(f.path), f.size, f.format or "unknown", outcome[f.sha256][1], 0,
              outcome[f.sha256][0], ingest_id) for f in new]
-    con.executemany("INSERT INTO ops.ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())", rows)
+    _insert_rows(con, "INSERT INTO ops.ingested_files", rows, ("VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "VARCHAR",
+                                                              "BIGINT", "BIGINT", "VARCHAR", "INTEGER"), ", now()")
     con.execute(
         "UPDATE ops.ingested_files m SET rows_quarantined = q.n FROM (SELECT source_file, count(*) AS n "
         "FROM ops.quarantine WHERE ingest_id = ? AND row_number IS NOT NULL GROUP BY source_file) q "

@@ -4,8 +4,10 @@
 --   N = the largest followup_days among its products, the shop's followup_days where none sets it;
 --   due = local_date(x) + N days, and due <= D < due + grace_days;
 --   not refunded at T.
--- Only orders that can be due are read: a trigger inside the widest follow-up horizon, on a local date
--- D - N - k (0 <= k < grace_days) for one of the N in use (the shop's default or a product's).
+-- Only orders that can be due are read: a trigger on a local date D - N - k (0 <= k < grace_days) for one of
+-- the N in use (the shop's default or a product's). Each such date is an interval of instants in the shop's
+-- zone, [its midnight, the next), so an order is matched on its trigger time, without converting every
+-- order's time to local time.
 with follow_up_days as (
     -- every N in use, per shop
     select clock.shop_id, n.days
@@ -22,44 +24,55 @@ candidate_dates as (
          range(0, clock.grace_days) as ks(k)
 ),
 
-horizon as (
-    select max(days) + (select max(grace_days) from int_shop_clock) + 2 as days from follow_up_days
+trigger_windows as (
+    -- each candidate date as the instants it spans in the shop's zone
+    select
+        shop_id, trigger_date,
+        crm_shop_utc(shop_id, trigger_date::TIMESTAMP)       as starts,
+        crm_shop_utc(shop_id, (trigger_date + 1)::TIMESTAMP) as ends
+    from candidate_dates
 ),
 
-recent as (
-    select orders.*
-    from staging.orders as orders
-    where orders.delivered_at >= $as_of::TIMESTAMPTZ - to_days((select days from horizon))
-       or orders.shipped_at >= $as_of::TIMESTAMPTZ - to_days((select days from horizon))
-       or orders.paid_at >= $as_of::TIMESTAMPTZ - to_days((select days from horizon))
+shop_windows as (
+    -- per shop, from the first window's start to T
+    select clock.shop_id, clock.visit_trigger, clock.local_date, clock.followup_days as shop_followup_days,
+           clock.grace_days, min(w.starts) as first_start
+    from int_shop_clock as clock
+    join trigger_windows as w using (shop_id)
+    group by all
 ),
 
 triggered as (
     select
-        recent.order_id, recent.shop_id, recent.customer_id, recent.total_amount, recent.refunded_at,
-        clock.local_date, clock.followup_days as shop_followup_days, clock.grace_days,
-        case clock.visit_trigger
-            when 'delivered' then recent.delivered_at
-            when 'shipped' then recent.shipped_at
-            else recent.paid_at end                                   as trigger_at
-    from recent
-    join int_shop_clock as clock using (shop_id)
+        orders.order_id, orders.shop_id, orders.customer_id, orders.total_amount, orders.refunded_at,
+        shops.local_date, shops.shop_followup_days, shops.grace_days,
+        case shops.visit_trigger
+            when 'delivered' then orders.delivered_at
+            when 'shipped' then orders.shipped_at
+            else orders.paid_at end                                   as trigger_at,
+        shops.first_start
+    from staging.orders as orders
+    join shop_windows as shops using (shop_id)
 ),
 
 possible as (
-    select triggered.*
+    select triggered.* exclude (first_start), w.trigger_date
     from triggered
-    semi join candidate_dates
-        on  candidate_dates.shop_id = triggered.shop_id
-        and candidate_dates.trigger_date = crm_shop_local_date(triggered.shop_id, triggered.trigger_at)
-    where triggered.trigger_at <= $as_of::TIMESTAMPTZ
+    join trigger_windows as w
+        on  w.shop_id = triggered.shop_id
+        and triggered.trigger_at >= w.starts
+        and triggered.trigger_at < w.ends
+    where triggered.trigger_at >= triggered.first_start
+      and triggered.trigger_at <= $as_of::TIMESTAMPTZ
 ),
 
 product_days as (
+    -- only products that set followup_days can change an order's N
     select items.order_id, max(products.followup_days) as followup_days
     from staging.order_items as items
     join staging.products as products using (product_id)
-    where items.order_id in (select order_id from possible)
+    where products.followup_days is not null
+      and items.order_id in (select order_id from possible)
     group by items.order_id
 ),
 
@@ -67,8 +80,7 @@ due as (
     select
         possible.*,
         coalesce(product_days.followup_days, possible.shop_followup_days)                   as followup_days,
-        crm_shop_local_date(possible.shop_id, possible.trigger_at)
-            + coalesce(product_days.followup_days, possible.shop_followup_days)             as due_date
+        possible.trigger_date + coalesce(product_days.followup_days, possible.shop_followup_days) as due_date
     from possible
     left join product_days using (order_id)
 ),

@@ -13,6 +13,8 @@ cleaned as (
         -- membership as text
         crm_text(member_level) as member_level_txt, crm_text(registered_at) as registered_at_txt,
         crm_text(opt_out) as opt_out_txt, crm_text(updated_at) as updated_at_txt,
+        -- the same, typed, when a Parquet file had them so (NULL otherwise; the text is then NULL)
+        member_level__typed, registered_at__typed, opt_out__typed, updated_at__typed,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -24,10 +26,10 @@ typed as (
         shops.timezone                                    as tz,
         shops.phone_region,
         crm_e164(phone_txt, shops.phone_region)           as phone,   -- E.164 (crm/phones.py)
-        crm_int(member_level_txt)                         as member_level,
-        crm_shop_ts(registered_at_txt, shops.shop_id)      as registered_at,
-        crm_bool(opt_out_txt)                             as opt_out_parsed,
-        crm_shop_ts(updated_at_txt, shops.shop_id)         as updated_at
+        coalesce(member_level__typed, crm_int(member_level_txt))                      as member_level,
+        coalesce(registered_at__typed, crm_zone_ts(registered_at_txt, shops.timezone)) as registered_at,
+        coalesce(opt_out__typed, crm_bool(opt_out_txt))                               as opt_out_parsed,
+        coalesce(updated_at__typed, crm_zone_ts(updated_at_txt, shops.timezone))       as updated_at
     from cleaned
     left join ops.shops as shops on shops.shop_id = cleaned.shop_id
 ),

@@ -20,6 +20,9 @@ cleaned as (
         -- money and place as text
         crm_text(total_amount) as total_amount_txt, crm_text(currency) as currency_txt,
         crm_text(receiver_city) as receiver_city,
+        -- the same, typed, when a Parquet file had them so (NULL otherwise; the text is then NULL)
+        created_at__typed, paid_at__typed, shipped_at__typed, delivered_at__typed, closed_at__typed,
+        refunded_at__typed, updated_at__typed, total_amount__typed,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -30,15 +33,15 @@ typed as (
         cleaned.*,
         shops.timezone                                    as tz,
         -- timestamps, naive ones in the shop's zone
-        crm_shop_ts(created_at_txt, shops.shop_id)         as created_at,
-        crm_shop_ts(paid_at_txt, shops.shop_id)            as paid_at,
-        crm_shop_ts(shipped_at_txt, shops.shop_id)         as shipped_at,
-        crm_shop_ts(delivered_at_txt, shops.shop_id)       as delivered_at,
-        crm_shop_ts(closed_at_txt, shops.shop_id)          as closed_at,
-        crm_shop_ts(refunded_at_txt, shops.shop_id)        as refunded_at,
-        crm_shop_ts(updated_at_txt, shops.shop_id)         as updated_at,
+        coalesce(created_at__typed, crm_zone_ts(created_at_txt, shops.timezone))       as created_at,
+        coalesce(paid_at__typed, crm_zone_ts(paid_at_txt, shops.timezone))             as paid_at,
+        coalesce(shipped_at__typed, crm_zone_ts(shipped_at_txt, shops.timezone))       as shipped_at,
+        coalesce(delivered_at__typed, crm_zone_ts(delivered_at_txt, shops.timezone))   as delivered_at,
+        coalesce(closed_at__typed, crm_zone_ts(closed_at_txt, shops.timezone))         as closed_at,
+        coalesce(refunded_at__typed, crm_zone_ts(refunded_at_txt, shops.timezone))     as refunded_at,
+        coalesce(updated_at__typed, crm_zone_ts(updated_at_txt, shops.timezone))       as updated_at,
         -- money
-        crm_money(total_amount_txt)                       as total_amount,
+        coalesce(total_amount__typed, crm_money(total_amount_txt))                     as total_amount,
         coalesce(upper(currency_txt), 'CNY')              as currency,
         -- the shop of the order_id as loaded before this run
         loaded.shop_id                                    as loaded_shop_id
@@ -65,6 +68,7 @@ checked as (
                 crm_required('updated_at', updated_at_txt, updated_at)), '') end,
             crm_required('total_amount', total_amount_txt, total_amount),
             crm_money_problem('total_amount', total_amount_txt),
+            case when total_amount__typed < 0 then 'negative total_amount ' || total_amount__typed end,
             case when paid_at < created_at then 'paid_at before created_at' end
         ) as reasons
     from typed

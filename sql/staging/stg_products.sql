@@ -10,6 +10,8 @@ cleaned as (
         -- description
         crm_text(title) as title, crm_text(category) as category,
         style_tags as style_tags_txt, crm_text(followup_days) as followup_days_txt,
+        -- the same, typed, when a Parquet file had it so (NULL otherwise; the text is then NULL)
+        followup_days__typed,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -22,7 +24,7 @@ typed as (
         -- 'cute;gift' -> ['cute', 'gift'] (lower case, blanks dropped)
         list_filter(list_transform(string_split(coalesce(style_tags_txt, ''), ';'), t -> lower(trim(t))),
                     t -> t <> '')                         as style_tags,
-        crm_int(followup_days_txt)                        as followup_days
+        coalesce(followup_days__typed, crm_int(followup_days_txt)) as followup_days
     from cleaned
     left join ops.shops as shops on shops.shop_id = cleaned.shop_id
 ),

@@ -11,6 +11,8 @@ cleaned as (
         crm_text(order_id) as order_id, crm_text(created_at) as created_at_txt,
         -- the review
         crm_text(rating) as rating_txt, crm_text(text) as text,
+        -- the same, typed, when a Parquet file had them so (NULL otherwise; the text is then NULL)
+        created_at__typed, rating__typed,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -20,9 +22,9 @@ typed as (
     select
         cleaned.*,
         shops.timezone                                                   as tz,
-        coalesce(crm_has_offset(created_at_txt), false)                  as has_offset,
-        crm_shop_ts(created_at_txt, shops.shop_id)                       as created_at,
-        crm_int(rating_txt)                                              as rating
+        created_at__typed is not null or coalesce(crm_has_offset(created_at_txt), false) as has_offset,
+        coalesce(created_at__typed, crm_zone_ts(created_at_txt, shops.timezone))       as created_at,
+        coalesce(rating__typed, crm_int(rating_txt))                                     as rating
     from cleaned
     left join staging.orders as orders on orders.order_id = cleaned.order_id
     left join ops.shops as shops on shops.shop_id = orders.shop_id

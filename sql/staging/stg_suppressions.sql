@@ -12,6 +12,8 @@ cleaned as (
         lower(crm_text(email)) as email,
         -- what
         lower(crm_text(channel)) as channel, crm_text(created_at) as created_at_txt, crm_text(reason) as reason,
+        -- the same, typed, when a Parquet file had it so (NULL otherwise; the text is then NULL)
+        created_at__typed,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -20,13 +22,14 @@ cleaned as (
 typed as (
     select
         cleaned.*,
-        crm_shop_ts(created_at_txt, coalesce(shops.shop_id, default_shop.shop_id)) as created_at,
+        coalesce(created_at__typed,
+                 crm_zone_ts(created_at_txt, coalesce(shops.timezone, default_shop.timezone))) as created_at,
         coalesce(shops.phone_region, default_shop.phone_region)                    as phone_region,
         crm_e164(phone_txt, coalesce(shops.phone_region, default_shop.phone_region)) as phone  -- E.164
     from cleaned
     left join staging.customers as customers on customers.customer_id = cleaned.customer_id
     left join ops.shops as shops on shops.shop_id = customers.shop_id
-    cross join (select shop_id, phone_region from ops.shops where position = 0) as default_shop
+    cross join (select shop_id, timezone, phone_region from ops.shops where position = 0) as default_shop
 ),
 
 checked as (

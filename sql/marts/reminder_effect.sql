@@ -17,7 +17,7 @@ with reminders as (
         crm_shop_local_date(m.shop_id, m.created_at) as day
     from ops.messages as m
     join ops.shops as shops using (shop_id)
-    where m.purpose = 'payment_reminder' and m.created_at <= $as_of::TIMESTAMPTZ
+    where m.purpose = 'payment_reminder' and m.order_id is not null and m.created_at <= $as_of::TIMESTAMPTZ
 ),
 
 reminded_orders as (

@@ -13,17 +13,48 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from crm.config import DEFAULT_CONFIG, DEFAULT_DB
+from crm import DEFAULT_CONFIG, DEFAULT_DB
+
+
+def _light_rich_help() -> None:
+    """typer's rich help (typer.rich_utils) imports rich.markdown (markdown-it) and rich.traceback (pygments) at
+    its top, ~120 ms, for markdown help text and pretty tracebacks, neither of which this app uses. A process
+    that is printing its help (and then exits) gets empty stand-ins for the two, so the help stays rich."""
+    import sys
+    import types
+
+    if "typer.rich_utils" in sys.modules:
+        return
+    for name, attr in (("rich.markdown", "Markdown"), ("rich.traceback", "Traceback")):
+        if name not in sys.modules:
+            stand_in = types.ModuleType(name, "a stand-in while crm prints its help (crm/cli.py)")
+            setattr(stand_in, attr, type(attr, (), {}))
+            sys.modules[name] = stand_in
+
+
+class _Group(typer.core.TyperGroup):
+    def format_help(self, ctx, formatter) -> None:
+        _light_rich_help()
+        super().format_help(ctx, formatter)
+
+
+class _Command(typer.core.TyperCommand):
+    def format_help(self, ctx, formatter) -> None:
+        _light_rich_help()
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Payment reminders (催付) and follow-up visits (回访) for online shops. The rules each command follows "
          "are in docs/rules.md; every configuration key is explained in shops.example.toml.",
 )
-visits_app = typer.Typer(no_args_is_help=True, help="Follow-up visit outcomes recorded by the call centre.")
-server_app = typer.Typer(no_args_is_help=True, help="A local Prefect server, so that each command skips Prefect's ~20 s start-up.")
+visits_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Follow-up visit outcomes recorded by the call centre.")
+server_app = typer.Typer(cls=_Group, no_args_is_help=True, help="The local Prefect server the commands record their flow runs on: "
+                         "the first command that runs a flow starts it, later ones reuse it, `crm server stop` ends it.")
 app.add_typer(server_app, name="server")
 app.add_typer(visits_app, name="visits")
 
@@ -74,37 +105,72 @@ def _require_db() -> None:
         fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
 
 
+# The failures a command answers in one line: (module, exception class, how). They are looked up only in the
+# modules the flow did import (an exception of a module never imported cannot have been raised), so that no
+# command imports the others' modules just for their exception classes.
+_KNOWN_FAILURES = (
+    ("crm.config", "ConfigError", "input"),
+    ("transforms.ingest", "IngestError", "input"),
+    ("transforms.plan", "PlanError", "input"),
+    ("crm.render", "RenderError", "input"),
+    ("transforms.outcomes", "OutcomeError", "input"),
+    ("transforms.report", "ReportError", "input"),
+    ("crm.db", "DatabaseLocked", "locked"),
+    ("transforms.validate", "ValidationFailed", "validation"),
+    ("transforms.dispatch", "GatewayDown", "gateway"),
+)
+
+
+def _known_failure(e: BaseException | None) -> str | None:
+    import sys
+
+    for module, name, how in _KNOWN_FAILURES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return how
+    return None
+
+
 def _run_flow(label: str, target: str, /, partial=None, **params):
     """Run the flow `module:function` in this process with a progress bar; known failures become one line.
-    Prefect reads its settings when imported, so the flow is imported only after `prepare`. `partial`
-    prints the summary of a run that did its work but ended with messages left queued (GatewayDown)."""
+    Its run is recorded on the Prefect server PREFECT_API_URL names or else on the database's local one,
+    which the first command starts (crm/orchestration.py). Prefect reads its settings when imported, so
+    the flow is imported only after `prepare`, while a server just started gets ready. `partial` prints
+    the summary of a run that did its work but ended with messages left queued (GatewayDown)."""
     import importlib
 
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from crm import orchestration, progress
 
-    where = orchestration.prepare(STATE.db)
+    try:
+        server = orchestration.prepare(STATE.db)
+    except orchestration.PortError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot start a local Prefect server beside {STATE.db}: {e}", 1)
+    if server is not None and server.started:
+        err.print(f"note: starting a local Prefect server for {STATE.db} in the background, once (UI at "
+                  f"{server.api_url.removesuffix('/api')}, pid {server.pid}{'; ' + server.note if server.note else ''}); "
+                  "this and later commands record their flow runs there until `crm server stop`",
+                  highlight=False, soft_wrap=True, markup=False)
+    elif server is not None and orchestration.running_server(STATE.db) is None:
+        err.print(f"note: waiting for the Prefect server another command is starting at "
+                  f"{server.api_url.removesuffix('/api')} (pid {server.pid})", highlight=False, soft_wrap=True, markup=False)
     module, _, name = target.partition(":")
     fn = getattr(importlib.import_module(module), name)
-    if where == "ephemeral":
-        err.print("[dim]no Prefect server: starting a temporary one (~20 s). `crm server start` makes every command faster.[/]")
-    from crm.config import ConfigError
-    from crm.db import DatabaseLocked
-    from transforms.ingest import IngestError
-    from crm.render import RenderError
-    from transforms.outcomes import OutcomeError
-    from transforms.plan import PlanError
-    from transforms.report import ReportError
-    from transforms.validate import ValidationFailed
-    from transforms.dispatch import GatewayDown
-
-    known = (ConfigError, IngestError, PlanError, RenderError, OutcomeError, ReportError, DatabaseLocked,
-             ValidationFailed, GatewayDown)
-    _no_tracebacks_on_console(known)
+    _no_tracebacks_on_console()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(label, total=None)
+        if server is not None:
+            bar.update(task, description=f"{label}: waiting for the Prefect server")
+            try:
+                server.wait()
+            except RuntimeError as e:
+                bar.stop()
+                fail(str(e), 1)
+            bar.update(task, description=label)
 
         def report(what: str, units: int) -> None:
             bar.update(task, description=f"{label}: {what}")
@@ -112,20 +178,23 @@ def _run_flow(label: str, target: str, /, partial=None, **params):
         try:
             with progress.reporting(report):
                 return fn(**params)
-        except (ConfigError, IngestError, PlanError, RenderError, OutcomeError, ReportError) as e:
-            fail(str(e))
-        except DatabaseLocked as e:
-            fail(str(e), 1)
-        except ValidationFailed as e:
-            fail(f"validation failed, nothing was written or sent: {e}", 1)
-        except GatewayDown as e:
-            bar.stop()
+        except Exception as e:
+            how = _known_failure(e)
+            if how is None:
+                raise
+            if how == "input":
+                fail(str(e))
+            if how == "locked":
+                fail(str(e), 1)
+            if how == "validation":
+                fail(f"validation failed, nothing was written or sent: {e}", 1)
+            bar.stop()                   # a gateway down: the summary of what was done, then one line
             if partial and e.summary:
                 partial(e.summary)
             fail(str(e), 1)
 
 
-def _no_tracebacks_on_console(known: tuple[type[BaseException], ...]) -> None:
+def _no_tracebacks_on_console() -> None:
     """Prefect logs a failed run's traceback to the console; for the failures this command answers in one
     `error:` line, keep the traceback off the terminal (the Prefect server still records it)."""
     import logging
@@ -133,7 +202,7 @@ def _no_tracebacks_on_console(known: tuple[type[BaseException], ...]) -> None:
     from prefect.logging.handlers import PrefectConsoleHandler
 
     def keep(record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], known))
+        return not (record.exc_info and _known_failure(record.exc_info[1]))
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
@@ -403,6 +472,21 @@ def status() -> None:
                        "FROM ops.ingest_runs ORDER BY ingest_id DESC LIMIT 5").fetchall()
     for r in runs:
         console.print(f"ingest #{r[0]} at {r[1]:%Y-%m-%d %H:%M:%S}: {r[2]} files, {r[3]:,} rows loaded, {r[4]:,} quarantined ({r[5]})")
+    _print_gateway_news(con)
+
+
+def _print_gateway_news(con) -> None:
+    """What the gateways told us back (docs/rules.md §7): receipts by status, replies, opt-outs."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'ops'").fetchall()}
+    if not {"delivery_receipts", "replies"} <= tables:
+        return                                  # a database from before the hooks existed
+    receipts = con.execute("SELECT status, count(*) FROM ops.delivery_receipts GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    delivery = dict(con.execute("SELECT coalesce(delivery, 'no final receipt'), count(*) FROM ops.messages "
+                                "WHERE status = 'sent' AND channel IN ('sms', 'chat', 'email') GROUP BY 1").fetchall())
+    replies, opt_outs = con.execute("SELECT count(*), count(*) FILTER (WHERE opt_out) FROM ops.replies").fetchone()
+    console.print(f"receipts: {', '.join(f'{s} {n:,}' for s, n in receipts) or 'none'}; messages sent: "
+                  + (", ".join(f"{k} {n:,}" for k, n in sorted(delivery.items())) or "none"))
+    console.print(f"replies: {replies:,}, of them opt-outs {opt_outs:,} (suppressed for SMS)")
 
 
 @app.command()
@@ -495,14 +579,14 @@ def serve(
 def server_start(port: Optional[int] = typer.Option(
         None, "--port", help="Listen on this port, or fail if it is taken. Default: 4200 (CRM_PREFECT_PORT), "
                              "or a free port near it when that one is taken.")) -> None:
-    """Start a local Prefect server in the background (UI at http://127.0.0.1:PORT)."""
+    """Start the local Prefect server now, in the background (UI at http://127.0.0.1:PORT)."""
     from crm import orchestration
 
     try:
         info = orchestration.start_server(STATE.db, port)
     except orchestration.PortError as e:
         fail(str(e))
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:
         fail(str(e), 1)
     if info.get("note"):
         err.print(f"note: {info['note']}", highlight=False, soft_wrap=True)
@@ -512,7 +596,7 @@ def server_start(port: Optional[int] = typer.Option(
 
 @server_app.command("stop")
 def server_stop() -> None:
-    """Stop the local Prefect server started by `crm server start`."""
+    """Stop the local Prefect server of this database (started by a command or by `crm server start`)."""
     from crm import orchestration
 
     console.print("stopped" if orchestration.stop_server(STATE.db) else "no local server was running")
@@ -520,14 +604,18 @@ def server_stop() -> None:
 
 @server_app.command("status")
 def server_status() -> None:
-    """Whether the server `crm server start` left for this database is running (that very process, on its port)."""
+    """Whether the local Prefect server of this database is running (that very process, on its port)."""
     from crm import orchestration
 
-    info = orchestration.running_server(STATE.db)
-    console.print(f"running at {info['api_url']} (pid {info['pid']})" if info else "not running")
+    state, info = orchestration.server_status(STATE.db)
+    console.print(f"{state} at {info['api_url']} (pid {info['pid']})" if info else state)
 
 
 def main() -> None:
+    for group in (app, server_app, visits_app):          # every command's help as light as the groups'
+        for command in group.registered_commands:
+            if command.cls in (None, typer.core.TyperCommand):
+                command.cls = _Command
     app()
 
 

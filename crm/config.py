@@ -21,8 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-DEFAULT_DB = "data/crm.duckdb"
-DEFAULT_CONFIG = "shops.toml"
+from crm import DEFAULT_CONFIG, DEFAULT_DB  # noqa: F401  (kept in crm/__init__.py: `crm --help` needs no pydantic)
 
 
 class ConfigError(Exception):
@@ -203,19 +202,47 @@ class Shop(_Strict):
 
 
 class Gateway(_Strict):
+    kind: Literal["webhook", "kannel"] = "webhook"
+    # kind "webhook": the generic HTTP gateway
     webhook_url: str = "http://127.0.0.1:8080/send"
     token: str = ""
+    signing_secret: str = ""               # whsec_<base64>: sign requests, verify receipts and replies
+    # kind "kannel": Kannel's smsbox sendsms interface
+    sendsms_url: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
+    username: str = ""
+    password: str = ""
+    sender: str = ""                       # the shop group's sender number or short code (Kannel's `from`)
+    hooks_url: str = "http://127.0.0.1:8000"   # where the gateway reaches `crm serve` (receipts, replies)
+    hook_key: str = ""                     # Kannel's hooks need key=<hook_key> when set
+    # both
     timeout_seconds: Annotated[float, Field(gt=0)] = 10
     max_attempts: Annotated[int, Field(ge=1)] = 5
     concurrency: Annotated[int, Field(ge=1)] = 16
     backoff_seconds: Annotated[float, Field(ge=0)] = 0.5    # first retry waits up to this, doubling
     down_after: Annotated[int, Field(ge=1)] = 10            # messages in a row failing transiently: gateway down
 
-    @field_validator("webhook_url")
+    @field_validator("webhook_url", "sendsms_url", "hooks_url")
     @classmethod
     def _url(cls, v: str) -> str:
         if not re.match(r"^https?://[^\s/]+", v):
             raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        import base64
+        import binascii
+
+        if not v:
+            return v
+        body = v.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except (ValueError, binascii.Error):
+            key = b""
+        if not v.startswith("whsec_") or not key:
+            raise ValueError("must be whsec_ followed by base64 (the Standard Webhooks secret format)")
         return v
 
 
@@ -282,6 +309,9 @@ def _env_port(value: str) -> int:
 _ENV = {
     ("gateway", "webhook_url"): ("CRM_GATEWAY_URL", str),
     ("gateway", "token"): ("CRM_GATEWAY_TOKEN", str),
+    ("gateway", "signing_secret"): ("CRM_GATEWAY_SIGNING_SECRET", str),
+    ("gateway", "password"): ("CRM_KANNEL_PASSWORD", str),
+    ("gateway", "hook_key"): ("CRM_HOOK_KEY", str),
     ("smtp", "host"): ("CRM_SMTP_HOST", str),
     ("smtp", "port"): ("CRM_SMTP_PORT", _env_port),
     ("smtp", "username"): ("CRM_SMTP_USER", str),

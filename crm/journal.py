@@ -1,4 +1,4 @@
-"""The send journal: what an at-most-once sender (SMTP, which has no idempotency key) did with each message,
+"""The send journal: what an at-most-once sender (SMTP and Kannel, which have no idempotency key) did with each message,
 written to a small file beside the database *before* the database knows.
 
 A dispatch records outcomes in the database in batches (the file is shared with the agents' page), so a
@@ -17,10 +17,19 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 IN_DOUBT = ("in doubt: a run stopped while this e-mail was being handed to the SMTP server, so it may have gone "
             "out; it is not sent again automatically (crm dispatch --retry-failed re-queues it)")
+IN_DOUBT_SMS = ("in doubt: a run stopped while this SMS was being handed to Kannel, so it may have gone out; it is "
+                "not sent again automatically (a delivery report settles it as sent; crm dispatch --retry-failed "
+                "re-queues it)")
+
+
+def in_doubt(channel: str) -> str:
+    """`last_error` of a message a run that stopped left in doubt."""
+    return IN_DOUBT if channel == "email" else IN_DOUBT_SMS
 
 
 def journal_path(db: str | Path) -> Path:
@@ -32,14 +41,17 @@ class SendJournal:
     def __init__(self, db: str | Path):
         self.path = journal_path(db)
         self._fh = None
+        self._lock = threading.Lock()     # e-mails are written from SMTP's thread, SMS to Kannel from the loop's
 
     # ---------------------------------------------------------------------------------------- writing
     def _write(self, mark: str, message_id: str) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8")
         # one JSON array a line: an id with a newline or quote in it (a hostile order id) stays one record
-        self._fh.write(json.dumps([mark, message_id], ensure_ascii=False) + "\n")
-        self._fh.flush()
+        line = json.dumps([mark, message_id], ensure_ascii=False) + "\n"
+        with self._lock:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh.write(line)
+            self._fh.flush()
 
     def begin(self, message_id: str) -> None:
         """About to hand `message_id` to the server."""

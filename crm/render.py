@@ -635,8 +635,13 @@ _GSM7 = set(
 _GSM7_EXTENDED = set("^{}\\[~]|€")
 
 
+def is_gsm7(text: str) -> bool:
+    """Whether the text fits the GSM 7-bit alphabet (its extension table included); else it goes as UCS-2."""
+    return all(c in _GSM7 or c in _GSM7_EXTENDED for c in text)
+
+
 def sms_segments(text: str) -> int:
-    if all(c in _GSM7 or c in _GSM7_EXTENDED for c in text):
+    if is_gsm7(text):
         units, single, part = len(text) + sum(c in _GSM7_EXTENDED for c in text), 160, 153
     else:
         units, single, part = len(text.encode("utf-16-le")) // 2, 70, 67

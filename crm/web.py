@@ -21,6 +21,7 @@ machine to machine and carry their own signatures instead.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -44,6 +45,7 @@ from starlette.routing import Route
 
 from crm.config import Settings
 from crm.db import DatabaseLocked, analytics_path, asset_dir, connect, shop_macros, sql_text
+from crm.hooks import Hooks, Spool
 from transforms.outcomes import CATEGORIES, Refusal, check, record
 
 COMPENSATIONS = ("none", "coupon", "free_shipping", "partial_refund", "resend")
@@ -53,7 +55,11 @@ PAGE_REFUSALS = ("say_reached", "callback_missing", "callback_bad", "callback_pa
                  "no_such_shop", "busy_write", "busy_read", "csrf")
 CSRF_COOKIE, CSRF_FIELD = "crm_csrf", "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-HOOKS = "/hooks"          # machine-to-machine callbacks (a later issue): signed by their senders, not by a browser
+HOOKS = "/hooks"          # the gateways' callbacks (crm/hooks.py): checked by their own key or signature
+
+
+def _is_hook(path: str) -> bool:
+    return path == HOOKS or path.startswith(HOOKS + "/")
 
 
 def real_time() -> datetime:
@@ -256,6 +262,10 @@ class Page:
         return t[f"why_{tier}"].format(amount=money, threshold=threshold, rating=call.get("rating"), words=words)
 
     @cached_property
+    def replies_sql(self) -> str:
+        return sql_text("workspace/replies.sql")
+
+    @cached_property
     def reminder_calls_sql(self) -> str:
         return sql_text("workspace/reminder_calls.sql")
 
@@ -296,9 +306,10 @@ class Page:
         t = self.t(shop)
         now = self.ws.clock()
         try:
-            (rows, reminders), stale = self.ws.read_many(
+            (rows, reminders, replies), stale = self.ws.read_many(
                 (self.call_list_sql, {"shop_id": shop.shop_id, "order_id": None, "now": now}),
-                (self.reminder_calls_sql, {"shop_id": shop.shop_id, "now": now, "per_state": 100}))
+                (self.reminder_calls_sql, {"shop_id": shop.shop_id, "now": now, "per_state": 100}),
+                (self.replies_sql, {"shop_id": shop.shop_id, "order_id": None, "limit": 50}))
         except Busy as e:
             return self.plain(t, shop, e.refusal, 503)
         to_call = [r for r in rows if r["status"] == "queued" and not (r["callback_at"] and r["callback_at"] > now)]
@@ -309,7 +320,7 @@ class Page:
         return self.html("shop.html.j2", request, shop=shop, t=t, to_call=to_call, later=later, done=done, stale=stale,
                          reminders=[r for r in reminders if r["state"] != "settled"],
                          reminder_totals={r["state"]: r["state_total"] for r in reminders},
-                         called=request.query_params.get("called"),
+                         called=request.query_params.get("called"), replies=replies,
                          saved=saved, saved_done=request.query_params.get("done") == "1",
                          local=lambda ts: self.local(shop, ts))
 
@@ -323,7 +334,9 @@ class Page:
                   values: dict | None = None, status: int = 200) -> Response:
         t = self.t(shop)
         try:
-            rows, stale = self.calls(shop, order_id)
+            (rows, replies), stale = self.ws.read_many(
+                (self.call_list_sql, {"shop_id": shop.shop_id, "order_id": order_id, "now": self.ws.clock()}),
+                (self.replies_sql, {"shop_id": shop.shop_id, "order_id": order_id, "limit": 20}))
         except Busy as e:
             return self.plain(t, shop, e.refusal, 503)
         if not rows:
@@ -333,7 +346,7 @@ class Page:
                             "agent": unquote(request.cookies.get("crm_agent", ""))}
         return self.html("task.html.j2", request, status=status, shop=shop, t=t, call=call, why=self.why(shop, call, t),
                          stale=stale, error=error, values=values, categories=CATEGORIES, compensations=COMPENSATIONS,
-                         local=lambda ts: self.local(shop, ts))
+                         replies=replies, local=lambda ts: self.local(shop, ts))
 
     async def save(self, request: Request) -> Response:
         shop = self.shop_or_404(request.path_params["shop_id"])
@@ -456,7 +469,7 @@ class CsrfGuard:
 
     @staticmethod
     def exempt(path: str) -> bool:
-        return path == HOOKS or path.startswith(HOOKS + "/")
+        return _is_hook(path)
 
     @staticmethod
     def same_origin(request: Request) -> bool:
@@ -540,7 +553,8 @@ class PasswordGate:
         self.app, self.password = app, password
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] != "/healthz":
+        # the gateways' hooks carry their own key or signature (crm/hooks.py): no Basic auth there
+        if scope["type"] == "http" and scope["path"] != "/healthz" and not _is_hook(scope["path"]):
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             given = ""
             if header.lower().startswith("basic "):
@@ -560,6 +574,18 @@ def create_app(db: str | Path, settings: Settings, *, password: str | None = Non
     """The page's app; `clock` is the page's now (default: the real time; see clock_from). Every request
     that changes something goes through CsrfGuard (the password, when set, is asked first)."""
     page = Page(Workspace(db, settings, clock=clock, **waits))
+    # the gateways' receipts and replies (crm/hooks.py): spooled, then written through the page's turn
+    spool = Spool(db, settings, write=lambda action: page.ws._with(page.ws.db, action, read_only=False, wait=0.5))
+    hooks = Hooks(spool, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        spool.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(spool.stop)
+
     app = Starlette(routes=[
         Route("/", page.index),
         Route("/healthz", lambda request: PlainTextResponse("ok")),
@@ -567,6 +593,8 @@ def create_app(db: str | Path, settings: Settings, *, password: str | None = Non
         Route("/shops/{shop_id}/calls/{order_id}", page.task, methods=["GET"]),
         Route("/shops/{shop_id}/calls/{order_id}", page.save, methods=["POST"]),
         Route("/shops/{shop_id}/reminders/{order_id}", page.reminder_called, methods=["POST"]),
-    ])
+        *hooks.routes(),
+    ], lifespan=lifespan)
+    app.state.spool = spool
     guarded = CsrfGuard(app, page.csrf_refused)
     return PasswordGate(guarded, password) if password else guarded

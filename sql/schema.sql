@@ -39,6 +39,17 @@ CREATE TABLE IF NOT EXISTS ops.ingested_files (
     loaded_at       TIMESTAMPTZ NOT NULL
 );
 
+-- the hash of each path as last seen: a file whose size, mtime, ctime and inode are unchanged is not read
+-- again to hash it (transforms/ingest.py select_new); only a cache, the manifest above decides what is new
+CREATE TABLE IF NOT EXISTS ops.file_hashes (
+    path            VARCHAR PRIMARY KEY,
+    size_bytes      BIGINT NOT NULL,
+    mtime_ns        BIGINT NOT NULL,
+    ctime_ns        BIGINT NOT NULL,
+    inode           BIGINT NOT NULL,
+    file_hash       VARCHAR NOT NULL
+);
+
 -- every rejected input row, with its file and the reason; never silently dropped
 CREATE TABLE IF NOT EXISTS ops.quarantine (
     entity          VARCHAR NOT NULL,
@@ -170,6 +181,37 @@ ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS tier VARCHAR;
 ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS rank BIGINT;
 ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS rating INTEGER;
 ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS review_text VARCHAR;
+-- what the delivery receipts said (docs/rules.md §7): 'delivered' or 'undelivered', once set never changed
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS delivery VARCHAR;
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS delivered_at TIMESTAMPTZ;
+
+-- what the gateways told us back (crm/hooks.py, docs/rules.md §7): every receipt and reply is kept
+CREATE TABLE IF NOT EXISTS ops.delivery_receipts (
+    receipt_id      VARCHAR PRIMARY KEY,      -- one per request received (the hooks' spool line)
+    message_id      VARCHAR,                  -- as the gateway gave it; an unknown one is kept too
+    status          VARCHAR NOT NULL,         -- delivered, undelivered, rejected, accepted, buffered (Kannel %d)
+    gateway         VARCHAR NOT NULL,         -- kannel, webhook
+    reported_at     TIMESTAMPTZ,              -- when the gateway says it happened (webhook 'at')
+    received_at     TIMESTAMPTZ NOT NULL,
+    raw             VARCHAR                   -- the request as received (query or body)
+);
+CREATE TABLE IF NOT EXISTS ops.replies (
+    reply_id        VARCHAR PRIMARY KEY,
+    sender          VARCHAR,                  -- the customer's number (E.164 when it parses)
+    recipient       VARCHAR,                  -- our number or short code it was sent to
+    text            VARCHAR,                  -- decoded with the charset Kannel gave
+    replied_at      TIMESTAMPTZ,              -- the reply's time (Kannel %T, webhook 'at')
+    received_at     TIMESTAMPTZ NOT NULL,
+    opt_out         BOOLEAN NOT NULL,         -- one of the opt-out words (crm.hooks.opt_out_word)
+    gateway         VARCHAR NOT NULL,
+    raw             VARCHAR
+);
+-- opt-outs by reply, read by plans and dispatches exactly like staging.suppressions
+CREATE TABLE IF NOT EXISTS ops.suppressions (
+    customer_id VARCHAR, phone VARCHAR, email VARCHAR, channel VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL, reason VARCHAR,
+    reply_id        VARCHAR                   -- the reply it came from
+);
 
 -- visit outcomes (docs/rules.md §5, §6): one row per recorded visit; an order can have several (not reached,
 -- called back later, reached)
@@ -191,7 +233,7 @@ CREATE TABLE IF NOT EXISTS ops.visit_outcomes (
     message_id      VARCHAR                   -- the call task it closes
 );
 
--- docs/rules.md §8: written by a plan at the newest T (as_of), rebuilt whole
+-- docs/rules.md §8: written by a plan at the newest T (as_of), refreshed incrementally (ops.report_state below)
 CREATE TABLE IF NOT EXISTS marts.feedback_summary (
     as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, period VARCHAR NOT NULL, period_start DATE NOT NULL,
     visits_planned BIGINT NOT NULL, reached BIGINT NOT NULL,
@@ -224,3 +266,42 @@ ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_reminded_open 
 ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS reminders_not_made BIGINT DEFAULT 0;
 ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_held_out_known BIGINT DEFAULT 0;
 ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_held_out_open BIGINT DEFAULT 0;
+
+-- what an incremental refresh of the two §8 marts needs (transforms/plan.py refresh_reports): the marts are
+-- as of ops.report_state.as_of, and a plan recomputes only the periods that can have changed since
+CREATE TABLE IF NOT EXISTS ops.report_state (
+    as_of           TIMESTAMPTZ NOT NULL,     -- the T feedback_summary and reminder_effect are as of
+    last_ingest_id  INTEGER NOT NULL,         -- the newest ingest they have seen
+    shops_key       VARCHAR NOT NULL          -- the shops, zones and auto-close they were computed with
+);
+-- the T planned since (their visit tasks and decisions are not counted yet), and the orders that left the
+-- visit tasks or holdouts of a T already counted (a T planned again)
+CREATE TABLE IF NOT EXISTS ops.report_pending (as_of TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS ops.report_gone (
+    kind VARCHAR NOT NULL, as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL
+);
+-- per source ('messages:<purpose>', 'outcomes'), shop and UTC day: a fingerprint of the rows the marts read
+-- from ops.messages and ops.visit_outcomes, to find the days that changed
+CREATE TABLE IF NOT EXISTS ops.report_buckets (
+    source VARCHAR NOT NULL, shop_id VARCHAR NOT NULL, day DATE NOT NULL,
+    n BIGINT NOT NULL, n_made BIGINT NOT NULL, fingerprint HUGEINT NOT NULL
+);
+-- per shop and period (local day, ISO week): the latest T with visit tasks there, and the orders planned there
+-- before it but not at it, with their latest task (marts/feedback_tasks.sql): the rest are that T's tasks
+CREATE TABLE IF NOT EXISTS ops.feedback_latest (
+    shop_id VARCHAR NOT NULL, period VARCHAR NOT NULL, period_start DATE NOT NULL, as_of TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops.feedback_tasks (
+    shop_id VARCHAR NOT NULL, period VARCHAR NOT NULL, period_start DATE NOT NULL, order_id VARCHAR NOT NULL,
+    as_of TIMESTAMPTZ NOT NULL, channel VARCHAR NOT NULL
+);
+-- per shop and order: its payment reminders, its first holdout, and what it counts for in reminder_effect
+-- (marts/effect_reminders.sql, effect_holdouts.sql, effect_rows.sql)
+CREATE TABLE IF NOT EXISTS ops.effect_reminders (
+    shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, made BOOLEAN NOT NULL, made_day DATE, first_day DATE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops.effect_holdouts (shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, first_day DATE NOT NULL);
+CREATE TABLE IF NOT EXISTS ops.effect_rows (
+    grp VARCHAR NOT NULL, shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, day DATE NOT NULL,
+    known BOOLEAN NOT NULL, paid BOOLEAN NOT NULL, total_amount DECIMAL(18, 2)
+);

@@ -25,8 +25,10 @@ from starlette.routing import Route
 
 
 class Gateway:
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, secret: str = ""):
         self.delay = delay
+        self.secret = secret         # set: every request must carry a good Standard Webhooks signature (else 401)
+        self.bad_signatures = 0
         self.script: dict[str, list] = defaultdict(list)
         self.accepted: dict[str, dict] = {}
         self.requests: list[tuple[float, str, int]] = []      # (time, key, status answered)
@@ -40,6 +42,14 @@ class Gateway:
     async def _send(self, request: Request):
         # the key is the message id, percent-encoded where it is not printable ASCII (docs/rules.md §7)
         key = unquote(request.headers.get("idempotency-key") or "")
+        if self.secret:
+            from standardwebhooks.webhooks import Webhook
+
+            try:
+                Webhook(self.secret).verify(await request.body(), dict(request.headers))
+            except Exception:
+                self.bad_signatures += 1
+                return PlainTextResponse("bad signature", status_code=401)
         payload = await request.json()
         if not key or key != payload.get("message_id"):
             self.missing_key += 1

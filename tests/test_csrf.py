@@ -210,7 +210,7 @@ def test_the_guard_covers_every_form_and_leaves_hooks_to_their_signatures():
     app = create_app("unused.duckdb", parse_settings({"shops": [{"shop_id": "s1", "locale": "en"}]}))
     assert isinstance(app, CsrfGuard)
     changing = [(r.path, method) for r in app.app.routes if isinstance(r, Route)
-                for method in sorted(r.methods - {"GET", "HEAD"})]
+                for method in sorted(r.methods - {"GET", "HEAD"}) if not r.path.startswith("/hooks/")]
     assert changing == [("/shops/{shop_id}/calls/{order_id}", "POST"),
                         ("/shops/{shop_id}/reminders/{order_id}", "POST")]
     answers = asgi(app, *[(method, re.sub(r"\{[^}]+\}", "s1", path), {"data": {"reached": "true"}})

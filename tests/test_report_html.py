@@ -229,6 +229,34 @@ def test_reach_rate_is_of_the_calls_agents_made(db):
     assert "0.4%" not in page
 
 
+def test_delivery_per_channel_and_opt_outs_received(db):
+    # the receipts' story (docs/rules.md §7): delivered / sent per channel, and the opt-out replies of the period
+    settings = settings_for()
+    build(db, settings)
+    con = connect(db)
+    # r1 delivered, r2 undelivered, r3 no receipt yet (all SMS sent on Tuesday); a follow-up e-mail delivered
+    con.execute("UPDATE ops.messages SET delivery = 'delivered' WHERE message_id = 'payment_reminder:r1'")
+    con.execute("UPDATE ops.messages SET delivery = 'undelivered' WHERE message_id = 'payment_reminder:r2'")
+    message(con, "followup:a", "followup", "a", local("2026-11-24 11:05"), channel="email")
+    con.execute("UPDATE ops.messages SET delivery = 'delivered' WHERE message_id = 'followup:a'")
+    stage(con, "customers", {"customer_id": "c1", "phone": "+8613800000001"},
+          {"customer_id": "c2", "phone": "+8613800000002"})
+    for reply_id, sender, at, opt_out in (("x1", "+8613800000001", "2026-11-24 12:00", True),
+                                          ("x2", "+8613800000001", "2026-11-24 13:00", True),   # the same customer
+                                          ("x3", "+8613800000002", "2026-11-24 14:00", False),  # a question
+                                          ("x4", "+8613800000002", "2026-11-23 14:00", True),   # Monday's
+                                          ("x5", "+8613999999999", "2026-11-24 14:00", True)):  # not this shop's
+        con.execute("INSERT INTO ops.replies (reply_id, sender, text, replied_at, received_at, opt_out, gateway) "
+                    "VALUES (?, ?, 'TD', ?, ?, ?, 'kannel')", [reply_id, sender, local(at), local(at), opt_out])
+    con.close()
+    report = gather(db, settings, "s1", "day", "2026-11-24", T)
+    got = one(render(report))
+    assert (got["sent_sms"], got["delivered_sms"], got["undelivered_sms"], got["delivery_rate_sms"]) == (
+        "3", "1", "1", "33.3%"), "r1, r2, r3 sent on Tuesday (r0 on Monday; r5 failed; r4, r6 calls)"
+    assert (got["sent_email"], got["delivered_email"], got["delivery_rate_email"]) == ("1", "1", "100.0%")
+    assert report.opt_outs == 1 and "1" in got["opt_outs"]
+
+
 def test_default_period_is_the_last_complete_one_in_the_shops_zone(db):
     settings = settings_for()
     build(db, settings, rows=False)

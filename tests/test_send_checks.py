@@ -245,7 +245,10 @@ def test_sigkill_mid_send_never_mails_anyone_twice(local_server, tmp_path):
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert len(box.ids) == len(set(box.ids)), "nobody got an e-mail twice"
         states = dict(rows(db, "SELECT status, count(*) FROM ops.messages GROUP BY 1"))
-        assert states.get("sent", 0) == len(box.ids) and states.get("failed", 0) <= 1, states
+        sent, in_doubt = states.get("sent", 0), states.get("failed", 0)
+        # the one in flight when the run died is in doubt: it may have arrived (the server took it before the
+        # journal heard so) or not; every other arrived exactly once and is recorded as sent
+        assert in_doubt <= 1 and sent <= len(box.ids) <= sent + in_doubt, (states, len(box.ids))
         assert sum(states.values()) == n, "every message sent or (at most the one in flight) in doubt"
     finally:
         smtp.stop()

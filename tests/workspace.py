@@ -126,7 +126,7 @@ def served_here(db: Path, config: Path, *, as_of: datetime = T, **waits):
     for the waits `crm serve` has no option for (e.g. a short `write_wait`). Yields the base URL."""
     app = create_app(db, load_settings(config), clock=clock_from(as_of), **waits)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -20,19 +20,21 @@ is sent again by the next run with the same Idempotency-Key, which the gateway a
 
 DuckDB lets one process hold the file for writing, and then no other process can open it at all. So a
 flow's run (:func:`dispatch_db`) holds it only while it writes: steps 1-5 in one session, closed before
-sending; the queued messages listed through a short connection; each batch of outcomes recorded through
-its own short connection (open, one UPDATE, close); the analysts' snapshot in a last short one. Between
-them others (the agents' page, a plan) get in, and a batch that meets them waits. Two dispatches never
-overlap: the flow holds ``<db>.dispatch.lock`` for the whole run.
+sending; the queued messages listed through a short connection; then, while sending, about once a second a
+short connection (open, record the outcomes so far in one UPDATE, check the next batch, close) on a thread
+of its own, so that sending goes on meanwhile; the analysts' snapshot in a last short one. Between them
+others (the agents' page, a plan) get in, and a write that meets them waits. Two dispatches never overlap:
+the flow holds ``<db>.dispatch.lock`` for the whole run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,10 +42,12 @@ from pathlib import Path
 import duckdb
 import httpx
 import polars as pl
+import pyarrow as pa
 import uvloop
 
-from crm.channels import Outcome, SmtpSender, send_webhook
-from crm.journal import IN_DOUBT, SendJournal
+from crm.channels import Outcome, SmtpSender, WebhookClient, send_webhook
+from crm.journal import SendJournal, in_doubt
+from crm.kannel import send_kannel
 from crm.db import DatabaseLocked, connect, publish_snapshot, session, shop_macros, sql_text, transaction
 from crm.redact import mask_email, mask_phone, redact
 from crm.render import Renderer, sms_segments
@@ -147,35 +151,116 @@ def write_outbox(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, as_of: dat
 # sending
 
 
+class _Database:
+    """The run's use of the database while it sends: the check before each batch and the recorder's writes, one
+    at a time on a thread of its own, so that sending goes on meanwhile (DuckDB releases the GIL as it works).
+
+    `target` is an open connection (kept for the whole send: then every job runs at once, on the caller's
+    thread) or the database's path: then each job opens its own short writing connection (DuckDB allows one
+    kind of connection to a file per process), does its one thing and closes it, and between jobs the file is
+    free for other processes."""
+
+    def __init__(self, target: duckdb.DuckDBPyConnection | str | Path, settings):
+        self.target, self.zones = target, [(s.shop_id, s.timezone) for s in settings.shops]
+        self.sending_since = datetime.now(timezone.utc)     # what this run sends is sent after this
+        self.held = 0.0                       # the file held open by this run's jobs (path target)
+        self._thread = (None if isinstance(target, duckdb.DuckDBPyConnection)
+                        else ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-db"))
+        self._shared: duckdb.DuckDBPyConnection | None = None     # the connection of `together`, while it runs
+
+    def submit(self, fn, *args) -> Future:
+        """`fn(*args)` on the database thread, after the jobs submitted before it."""
+        if self._thread is not None:
+            return self._thread.submit(fn, *args)
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as e:
+            done.set_exception(e)
+        return done
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+
+    @contextmanager
+    def _connection(self, wait_seconds: float = 30.0, *, macros: bool = False):
+        if isinstance(self.target, duckdb.DuckDBPyConnection) or self._shared is not None:
+            yield self._shared or self.target
+            return
+        opened = time.monotonic()
+        con = connect(self.target, wait_seconds=wait_seconds, setup=False)
+        try:
+            if macros:
+                con.execute(sql_text("macros.sql"))
+                shop_macros(con, self.zones)
+            yield con
+        finally:
+            con.close()
+            self.held += time.monotonic() - opened     # open + work + close (with any wait before)
+
+    def check(self, as_of: datetime, channels, ids: list[str] | None = None) -> tuple[list[dict], float]:
+        """The queued messages (`ids` only, if given) checked for T (queued_messages), and when the check began."""
+        began = time.monotonic()
+        with self._connection(macros=True) as con:
+            return queued_messages(con, as_of, channels, ids, self.sending_since), began
+
+    def together(self, write, check_args: tuple) -> tuple[list[dict], float]:
+        """A recorder's write job (or None), then a check (`check_args` as for check), in one short connection.
+        If the file stays held by another process (connect gives up), the write is kept for a later one and
+        DatabaseLocked raised, as a check alone would."""
+        if write is None:
+            return self.check(*check_args)
+        try:
+            with self._connection(macros=True) as con:
+                self._shared = con
+                try:
+                    write()
+                    return self.check(*check_args)
+                finally:
+                    self._shared = None
+        except DatabaseLocked:       # the connection could not be opened (nothing ran in it)
+            write()                  # on its own: if the file stays held, its outcomes wait for a later write
+            raise
+
+    def receipts_for(self, ids: list[str]) -> set[str]:
+        """Those of `ids` that a delivery receipt names (the gateway had the message)."""
+        with self._connection() as con:
+            return {r[0] for r in con.execute(
+                "SELECT DISTINCT message_id FROM ops.delivery_receipts WHERE message_id IN (SELECT unnest(?::VARCHAR[]))",
+                [ids]).fetchall()}
+
+    def update(self, outcomes: list[Outcome], wait_seconds: float) -> None:
+        frame = _outcomes_frame(outcomes)
+        with self._connection(wait_seconds) as con:
+            _update(con, frame)
+
+
 class _Recorder:
-    """Collects outcomes and records them in ops.messages in batches: one UPDATE every `batch` outcomes or
-    `every` seconds, whichever comes first.
+    """Collects outcomes and records them in ops.messages in batches: when a batch of messages starts (in
+    the connection that checks the next one, :meth:`take`), or after `batch` outcomes or `every` seconds
+    (a batch that sends slowly), whichever comes first.
 
-    `target` is an open connection to write through, or a database path: then each batch opens its own
-    short connection (open, UPDATE in a transaction, close: ~30 ms on a file of 20k messages), and
-    between batches the file is free for other processes. The write is made at once, on the sending
-    thread (a background thread would hold the file ~3x longer, waiting for the GIL); if another process
-    holds the file, the batch goes to a writer thread that waits for it (connect's retry, `wait_seconds`)
-    while sending goes on, and later batches follow it there until it is done. A batch whose wait runs out
-    is kept and written with the next one; the last write waits up to `final_wait_seconds`. An outcome
-    left unrecorded means the next run sends the message again: a webhook message is then accepted once
-    thanks to its Idempotency-Key, an email is not."""
+    Each write is a job on the run's database thread (`db`, :class:`_Database`: on a database path, a short
+    connection, ~30 ms on a file of 20k messages), so sending goes on while it writes. If another
+    process holds the file, the write waits for it (connect's retry, `wait_seconds`) and later writes queue
+    behind it while sending goes on; a batch whose wait runs out is kept and written with the next one; the
+    last write waits up to `final_wait_seconds`. An outcome left unrecorded means the next run sends the message
+    again: a webhook message is then accepted once thanks to its Idempotency-Key, an email is not (the send
+    journal settles those)."""
 
-    def __init__(self, target: duckdb.DuckDBPyConnection | str | Path, batch: int = 1000, every: float = 0.5,
-                 wait_seconds: float = 30.0, final_wait_seconds: float = 600.0):
-        self.target, self.batch, self.every = target, batch, every
+    def __init__(self, db: _Database, batch: int = 5000, every: float = 2.0, wait_seconds: float = 30.0,
+                 final_wait_seconds: float = 600.0):
+        self.db, self.batch, self.every = db, batch, every
         self.wait_seconds, self.final_wait_seconds = wait_seconds, final_wait_seconds
         self.pending: list[Outcome] = []
         self.sent = self.failed = self.kept = 0
         self.failures: list[str] = []
         self.flushed = time.monotonic()
         self.writes = 0
-        self.held_seconds = 0.0               # the file held open by the writes (path target)
-        # outcomes a write could not record yet; touched by the writer thread while it works, else here
+        # outcomes a write could not record yet: touched only by the database thread's jobs
         self._unwritten: list[Outcome] = []
         self._error: BaseException | None = None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-recorder")
-        self._waiting: Future | None = None   # the writer thread's last job
 
     def add(self, outcome: Outcome) -> None:
         if self._error is not None:
@@ -189,31 +274,28 @@ class _Recorder:
             self.failed += 1
             # the gateway's or SMTP server's answer may quote the recipient: masked, as these lines are logged
             self.failures.append(f"{outcome.message_id}: {redact(outcome.error or '')}")
-        # a crash can lose the outcomes not yet written (one batch, or more while another process holds
+        # a crash can lose the outcomes not yet written (a batch or two, or more while another process holds
         # the file); those messages are sent again with the same Idempotency-Key, accepted once
         if len(self.pending) >= self.batch or time.monotonic() - self.flushed >= self.every:
             self.flush()
 
     def flush(self) -> None:
+        write = self.take()
+        if write is not None:
+            self.db.submit(write)
+
+    def take(self):
+        """The outcomes pending as a write job for the database thread (None if there are none)."""
         batch, self.pending = self.pending, []
         self.flushed = time.monotonic()
-        if not batch:
-            return
-        if self._waiting is not None and not self._waiting.done():
-            self._waiting = self._writer.submit(self._write, batch, self.wait_seconds)   # behind the waiting one
-        elif not self._write(batch, 0.0):   # at once, if the file is free
-            if self._error is not None:
-                raise self._error
-            batch, self._unwritten = self._unwritten, []
-            self._waiting = self._writer.submit(self._write, batch, self.wait_seconds)
+        return partial(self._write, batch, self.wait_seconds) if batch else None
 
     def close(self) -> None:
-        """Write everything still pending, waiting for the file as long as `final_wait_seconds`; raise if
-        some outcomes stay unrecorded."""
-        self._writer.shutdown(wait=True)
+        """Write everything still pending, after the writes before it, waiting for the file as long as
+        `final_wait_seconds`; raise if some outcomes stay unrecorded."""
         batch, self.pending = self.pending, []
-        if not self._write(batch, self.final_wait_seconds):
-            raise self._error or DatabaseLocked(f"{self.target}: {len(self._unwritten)} outcomes could not be "
+        if not self.db.submit(self._write, batch, self.final_wait_seconds).result():
+            raise self._error or DatabaseLocked(f"{self.db.target}: {len(self._unwritten)} outcomes could not be "
                                                 "recorded; their messages stay queued for the next run")
 
     def _write(self, batch: list[Outcome], wait_seconds: float) -> bool:
@@ -222,11 +304,10 @@ class _Recorder:
         if not batch:
             return True
         try:
-            self._record(batch, wait_seconds)
+            self.db.update(batch, wait_seconds)
         except DatabaseLocked as e:
             self._unwritten = batch
-            if wait_seconds:
-                log.warning("%d outcomes wait to be recorded: %s", len(batch), e)
+            log.warning("%d outcomes wait to be recorded: %s", len(batch), e)
             return False
         except BaseException as e:
             self._unwritten, self._error = batch, e
@@ -236,53 +317,40 @@ class _Recorder:
         self.writes += 1
         return True
 
-    def _record(self, batch: list[Outcome], wait_seconds: float) -> None:
-        frame = _outcomes_frame(batch)
-        if isinstance(self.target, duckdb.DuckDBPyConnection):
-            _update(self.target, frame)       # never locked: always written at once, on the caller's thread
-            return
-        started = time.monotonic()
-        con = connect(self.target, wait_seconds=wait_seconds, setup=False)
-        try:
-            _update(con, frame)
-        finally:
-            con.close()
-            self.held_seconds += time.monotonic() - started     # open + write + close (with any wait before)
+
+def _outcomes_frame(batch: list[Outcome]) -> pa.Table:
+    return pa.table({
+        "message_id": pa.array([o.message_id for o in batch], pa.string()),
+        "status": pa.array([o.status for o in batch], pa.string()),
+        "attempts": pa.array([o.attempts for o in batch], pa.int32()),
+        "error": pa.array([o.error for o in batch], pa.string()),
+        "sent_at": pa.array([o.sent_at for o in batch], pa.timestamp("us", tz="UTC")),
+    })
 
 
-def _outcomes_frame(batch: list[Outcome]):
-    return pl.DataFrame({
-        "message_id": [o.message_id for o in batch],
-        "status": [o.status for o in batch],
-        "attempts": [o.attempts for o in batch],
-        "error": [o.error for o in batch],
-        "sent_at": [o.sent_at for o in batch],
-    }, schema={"message_id": pl.String, "status": pl.String, "attempts": pl.Int32, "error": pl.String,
-               "sent_at": pl.Datetime("us", "UTC")}).to_arrow()
-
-
-def _update(con: duckdb.DuckDBPyConnection, outcomes) -> None:
-    """Record outcomes (an Arrow table) on the messages still queued: a message already recorded keeps
-    its record, so writing a batch twice changes nothing."""
+def _update(con: duckdb.DuckDBPyConnection, outcomes: pa.Table) -> None:
+    """Record outcomes on the messages still queued, in one statement (so all or none): a message already
+    recorded keeps its record, so writing a batch twice changes nothing."""
     con.register("_outcomes", outcomes)
     try:
-        with transaction(con):
-            con.execute(
-                "UPDATE ops.messages AS m SET status = o.status, attempts = m.attempts + o.attempts, "
-                "sent_at = o.sent_at, last_error = o.error FROM _outcomes AS o "
-                "WHERE m.message_id = o.message_id AND m.status = 'queued'"
-            )
+        con.execute(
+            "UPDATE ops.messages AS m SET status = o.status, attempts = m.attempts + o.attempts, "
+            "sent_at = o.sent_at, last_error = o.error FROM _outcomes AS o "
+            "WHERE m.message_id = o.message_id AND m.status = 'queued'"
+        )
     finally:
         con.unregister("_outcomes")
 
 
 def queued_messages(con: duckdb.DuckDBPyConnection, as_of: datetime, channels=AUTOMATIC,
-                    ids: list[str] | None = None) -> list[dict]:
+                    ids: list[str] | None = None, sent_since: datetime | None = None) -> list[dict]:
     """The queued automatic messages a send at T takes up (sql/dispatch/send_queue.sql), oldest first, each
     checked again for T: ``fail_reason`` when it may no longer go, ``wait_reason`` when it must wait.
-    `ids`: only those (a batch about to go)."""
+    `ids`: only those (a batch about to go); `sent_since`: when the run began sending (what it sent since
+    counts for T's day in the daily cap, whatever day the clock says)."""
     cursor = con.execute(sql_text("dispatch/send_queue.sql"),
-                         {"as_of": as_of, "channels": [c for c in channels if c in AUTOMATIC], "ids": ids})
+                         {"as_of": as_of, "channels": [c for c in channels if c in AUTOMATIC], "ids": ids,
+                          "sent_since": sent_since})
     cols = [d[0] for d in cursor.description]
     return [dict(zip(cols, r)) for r in cursor.fetchall()]
 
@@ -352,8 +420,9 @@ def _sender(msg: dict) -> str:
 
 
 class _Senders:
-    """The run's connections to the gateway (httpx clients) and the SMTP server, with a breaker for each; sends
-    one batch at a time. E-mail goes at most once: each is written to the send journal before it goes."""
+    """The run's connections to the gateway (a WebhookClient, or for `kind = "kannel"` an httpx client for the
+    SMS, opened in the loop on first use) and the SMTP server, with a breaker for each; sends one batch at a
+    time. E-mail and SMS to Kannel go at most once: each is written to the send journal before it goes."""
 
     def __init__(self, settings, recorder: _Recorder, result: SendResult, journal: SendJournal, step=None):
         gw, smtp_cfg = settings.gateway, settings.smtp
@@ -363,38 +432,40 @@ class _Senders:
         self.smtp_lock = asyncio.Lock()
         self.breakers = {"gateway": _Breaker(gw.down_after), "smtp": _Breaker(gw.down_after)}
         self.debug = log.isEnabledFor(logging.DEBUG)
-        # several small connection pools rather than one big one: httpcore's pool does work proportional
-        # to its size for every request, so one pool of 64 is ~3x slower than 16 pools of 4.
-        # TCP_NODELAY: a request's head and body go out at once, not held back by Nagle's algorithm.
-        per_pool = 4
-        timeout = httpx.Timeout(gw.timeout_seconds)
-        self.clients = [
-            httpx.AsyncClient(timeout=timeout, transport=httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
-            for _ in range(max(1, -(-gw.concurrency // per_pool)))
-        ]
-        self.sent_so_far = 0
+        self.webhook: WebhookClient | None = None
+        self.kannel: httpx.AsyncClient | None = None          # kind kannel: SMS, at most once (crm/kannel.py)
+        self.signer = None
+        if gw.signing_secret:
+            from standardwebhooks.webhooks import Webhook
+
+            self.signer = Webhook(gw.signing_secret)
 
     def all_down(self, messages: list[dict]) -> bool:
         return all(self.breakers[_sender(m)].open for m in messages)
 
-    async def _send(self, i: int, msg: dict) -> Outcome:
+    async def _send(self, msg: dict) -> Outcome:
         gw = self.gw
         if msg["channel"] == "email":
             async with self.smtp_lock:
                 return await asyncio.to_thread(self.smtp.send, msg, max_attempts=gw.max_attempts,
                                                base_delay=gw.backoff_seconds, journal=self.journal)
-        return await send_webhook(self.clients[i % len(self.clients)], gw.webhook_url, msg,
-                                  max_attempts=gw.max_attempts, base_delay=gw.backoff_seconds, token=gw.token)
+        if gw.kind == "kannel" and msg["channel"] == "sms":
+            if self.kannel is None:
+                self.kannel = httpx.AsyncClient(timeout=gw.timeout_seconds,
+                                                limits=httpx.Limits(max_connections=gw.concurrency))
+            return await send_kannel(self.kannel, gw, msg, journal=self.journal)
+        if self.webhook is None:
+            self.webhook = WebhookClient(gw.webhook_url, timeout=gw.timeout_seconds)
+        return await send_webhook(self.webhook, msg, max_attempts=gw.max_attempts, base_delay=gw.backoff_seconds,
+                                  token=gw.token, signer=self.signer)
 
-    async def one(self, i: int, msg: dict) -> None:
+    async def one(self, msg: dict) -> None:
         breaker = self.breakers[_sender(msg)]
         if breaker.open:
             self.result.skipped += 1          # left queued, untouched: the next run sends it
             return
         try:
-            outcome = await self._send(i, msg)
+            outcome = await self._send(msg)
         except Exception as e:                # one message's failure never stops the others
             log.error("sending %s failed unexpectedly: %s: %s", msg["message_id"], type(e).__name__, redact(str(e)))
             outcome = Outcome(msg["message_id"], "failed", 1,
@@ -412,18 +483,19 @@ class _Senders:
 
     async def batch(self, messages: list[dict]) -> None:
         """A fixed crew of `concurrency` workers taking the next message, rather than a task per message."""
-        pending = iter(enumerate(messages, start=self.sent_so_far))
-        self.sent_so_far += len(messages)
+        pending = iter(messages)
 
         async def worker() -> None:
-            for i, msg in pending:
-                await self.one(i, msg)
+            for msg in pending:
+                await self.one(msg)
 
         await asyncio.gather(*(worker() for _ in range(min(self.gw.concurrency, max(1, len(messages))))))
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
+        if self.webhook is not None:
+            await self.webhook.aclose()
+        if self.kannel is not None:
+            await self.kannel.aclose()
         await asyncio.to_thread(self.smtp.close)
         self.result.down = {k: b.why for k, b in self.breakers.items() if b.open}
 
@@ -435,111 +507,115 @@ def _db_path(target: duckdb.DuckDBPyConnection | str | Path) -> Path:
     return Path(target)
 
 
-class _Reader:
-    """The checks before each batch: through the open connection, or a short one of its own (a writing one,
-    like the recorder's, as DuckDB allows one kind of connection to a file per process)."""
-
-    def __init__(self, target, settings):
-        self.target, self.zones, self.held = target, [(s.shop_id, s.timezone) for s in settings.shops], 0.0
-
-    def __call__(self, as_of: datetime, channels, ids: list[str] | None = None) -> list[dict]:
-        if isinstance(self.target, duckdb.DuckDBPyConnection):
-            return queued_messages(self.target, as_of, channels, ids)
-        opened = time.monotonic()
-        con = connect(self.target, setup=False)
-        try:
-            con.execute(sql_text("macros.sql"))
-            shop_macros(con, self.zones)
-            return queued_messages(con, as_of, channels, ids)
-        finally:
-            con.close()
-            self.held += time.monotonic() - opened
-
-    def write(self, outcomes: list[Outcome]) -> None:
-        """Record outcomes now, waiting for the file (used before any send: nothing may be lost)."""
-        frame = _outcomes_frame(outcomes)
-        if isinstance(self.target, duckdb.DuckDBPyConnection):
-            _update(self.target, frame)
-            return
-        con = connect(self.target, wait_seconds=600, setup=False)
-        try:
-            _update(con, frame)
-        finally:
-            con.close()
-
-
-def _settle_journal(reader: _Reader, journal: SendJournal, queued: dict[str, dict]) -> tuple[set[str], int, int]:
-    """E-mails a run that died left in the journal: last seen accepted -> recorded sent; begun but not
-    answered -> in doubt, failed (never sent again automatically). Returns (their ids, sent, in doubt)."""
-    marks = journal.last_marks()
+def _settle_journal(db: _Database, journal: SendJournal, queued: dict[str, dict]) -> tuple[set[str], int, int]:
+    """Messages a run that died left in the journal (e-mails, and SMS to Kannel: both go at most once): last
+    seen accepted, or with a delivery receipt already in -> recorded sent; begun but not answered -> in
+    doubt, failed (never sent again automatically; a later receipt settles it as sent, crm/hooks.py).
+    Returns (their ids, sent, in doubt)."""
+    marks = {mid: mark for mid, mark in journal.last_marks().items() if mid in queued}
+    doubtful = [mid for mid, mark in marks.items() if mark == "?"]
+    received = db.submit(db.receipts_for, doubtful).result() if doubtful else set()
     now = datetime.now(timezone.utc)
-    outcomes = [Outcome(mid, "sent", 0, sent_at=now) for mid, mark in marks.items() if mark == "+" and mid in queued]
-    outcomes += [Outcome(mid, "failed", 0, IN_DOUBT) for mid, mark in marks.items() if mark == "?" and mid in queued]
+    outcomes = [Outcome(mid, "sent", 0, sent_at=now) for mid, mark in marks.items()
+                if mark == "+" or (mark == "?" and mid in received)]
+    outcomes += [Outcome(mid, "failed", 0, in_doubt(queued[mid]["channel"])) for mid in doubtful if mid not in received]
     if outcomes:
-        reader.write(outcomes)
-        log.warning("the send journal of a run that stopped: %d e-mails recorded as sent, %d in doubt (failed, "
+        # recorded now, waiting for the file (before any send: nothing may be lost)
+        db.submit(db.update, outcomes, 600.0).result()
+        log.warning("the send journal of a run that stopped: %d messages recorded as sent, %d in doubt (failed, "
                     "not sent again)", sum(o.status == "sent" for o in outcomes), sum(o.status == "failed" for o in outcomes))
     journal.clear()
     return ({o.message_id for o in outcomes}, sum(o.status == "sent" for o in outcomes),
             sum(o.status == "failed" for o in outcomes))
 
 
-BATCH = 500     # messages checked again together just before they go
+# Messages are checked again in batches of about a second's sending (at the rate of the batch before), the
+# next batch's check made while a batch sends, in the same short connection as the outcomes recorded then.
+FIRST_BATCH = 500           # the first batch (checked by the run's first listing, a moment before)
+BATCH_SECONDS = 1.0
+MIN_BATCH, MAX_BATCH = 100, 5000
+FRESH_SECONDS = 1.0         # a batch's check older than this when the batch starts (a slow gateway) is made again
+
+
+def _batch_size(sent: int, seconds: float) -> int:
+    """The next batch: what goes in about BATCH_SECONDS at the rate of the last one (sent in seconds)."""
+    if sent <= 0 or seconds <= 0:
+        return MIN_BATCH
+    return max(MIN_BATCH, min(MAX_BATCH, round(sent / seconds * BATCH_SECONDS)))
 
 
 def send_queued(target: duckdb.DuckDBPyConnection | str | Path, settings, as_of: datetime, step=None,
-                channels=AUTOMATIC, batch: int = BATCH) -> SendResult:
+                channels=AUTOMATIC, batch: int | None = None, fresh_seconds: float = FRESH_SECONDS) -> SendResult:
     """Send every queued automatic message that may still go at T. `target` is an open connection (kept for
     the whole send) or the database's path: then the file is opened only briefly, to check each batch and to
-    record outcomes.
+    record outcomes, on a thread of its own while sending goes on.
 
     First the send journal of a run that died is settled (e-mails go at most once). Then, batch by batch,
-    every message is checked again just before it goes (sql/dispatch/send_queue.sql): one that may no longer
-    go fails unsent with the reason, one that must wait (quiet hours, the daily cap) stays queued untouched.
-    A message whose every attempt fails transiently stays queued; when `gateway.down_after` messages in a row
-    do so on one sender (the webhook gateway, or SMTP), the run stops sending there and leaves the rest
-    queued. The caller decides what a result with kept or skipped messages means (SendResult.problem)."""
+    every message is checked again shortly before it goes (sql/dispatch/send_queue.sql): one that may no
+    longer go fails unsent with the reason, one that must wait (quiet hours, the daily cap) stays queued
+    untouched. A batch is about BATCH_SECONDS of sending (`batch` messages, if given); the next batch is
+    checked when a batch starts, while it sends, so a message's check is at most about two batches old when
+    it goes, and a check older than `fresh_seconds` when its batch starts (a slow gateway) is made again
+    first. A message whose every attempt fails transiently stays queued; when `gateway.down_after` messages
+    in a row do so on one sender (the webhook gateway, or SMTP), the run stops sending there and leaves the
+    rest queued. The caller decides what a result with kept or skipped messages means (SendResult.problem)."""
     result = SendResult()
-    reader = _Reader(target, settings)
-    journal = SendJournal(_db_path(target))
-    queued = {m["message_id"]: m for m in reader(as_of, channels)}
-    settled, result.sent, result.in_doubt = _settle_journal(reader, journal, queued)
-    ids = [mid for mid in queued if mid not in settled]
-    recorder = _Recorder(target)
+    db = _Database(target, settings)
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            senders = _Senders(settings, recorder, result, journal, step)
-            try:
-                for start in range(0, len(ids), batch):
-                    chunk = ids[start:start + batch]
-                    # checked again just before it goes (the first batch was checked a moment ago)
-                    rows = [queued[i] for i in chunk] if start == 0 else reader(as_of, channels, chunk)
-                    if start:
+        journal = SendJournal(_db_path(target))
+        queued = {m["message_id"]: m for m in db.submit(db.check, as_of, channels).result()[0]}
+        settled, result.sent, result.in_doubt = _settle_journal(db, journal, queued)
+        ids = [mid for mid in queued if mid not in settled]
+        recorder = _Recorder(db)
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                senders = _Senders(settings, recorder, result, journal, step)
+                try:
+                    start, size = 0, batch or FIRST_BATCH
+                    chunk, rows = ids[:size], [queued[i] for i in ids[:size]]      # checked a moment ago
+                    while chunk:
+                        # the next batch is checked while this one sends, with the outcomes so far recorded
+                        # in the same connection
+                        start += len(chunk)
+                        upcoming = ids[start:start + size]
+                        ahead = (db.submit(db.together, recorder.take(), (as_of, channels, upcoming))
+                                 if upcoming else None)
+                        go = []
+                        for msg in rows:
+                            if msg["fail_reason"]:
+                                recorder.add(Outcome(msg["message_id"], "failed", 0, msg["fail_reason"]))
+                                result.withdrawn += 1
+                            elif msg["wait_reason"]:
+                                result.waiting += 1
+                            else:
+                                go.append(msg)
+                        if go and senders.all_down(go):
+                            result.skipped += len(go)
+                        elif go:
+                            went = time.monotonic()
+                            runner.run(senders.batch(go))
+                            if batch is None:
+                                size = _batch_size(len(go), time.monotonic() - went)
+                        if ahead is None:
+                            break
+                        chunk = upcoming
+                        rows, began = ahead.result()
+                        if time.monotonic() - began > fresh_seconds:
+                            rows, _ = db.submit(db.check, as_of, channels, chunk).result()
                         result.checks += 1
-                    go = []
-                    for msg in rows:
-                        if msg["fail_reason"]:
-                            recorder.add(Outcome(msg["message_id"], "failed", 0, msg["fail_reason"]))
-                            result.withdrawn += 1
-                        elif msg["wait_reason"]:
-                            result.waiting += 1
-                        else:
-                            go.append(msg)
-                    if go and senders.all_down(go):
-                        result.skipped += len(go)
-                        continue
-                    runner.run(senders.batch(go))
-            finally:
-                runner.run(senders.aclose())
+                finally:
+                    runner.run(senders.aclose())
+        finally:
+            recorder.close()
     finally:
-        recorder.close()
+        db.close()
     # every outcome is recorded: what the journal said is in the database now
     journal.clear()
     result.sent += recorder.sent
     result.failed = recorder.failed + result.in_doubt
     result.failures = recorder.failures
     result.kept = recorder.kept
-    result.writes, result.held_seconds = recorder.writes, reader.held + recorder.held_seconds
+    result.writes, result.held_seconds = recorder.writes, db.held
     return result
 
 

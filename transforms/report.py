@@ -87,7 +87,15 @@ class Report:
     held_out_known: int = 0
     held_out_open: int = 0
     held_out_paid: int = 0
+    # what the receipts said: channel -> {sent, delivered, undelivered, no_receipt}; opt-out replies received
+    delivery: dict[str, dict[str, int]] = field(default_factory=dict)
+    opt_outs: int = 0
     seconds: dict[str, float] = field(default_factory=dict)              # gather, chart, render
+
+    def delivery_rate(self, channel: str) -> float | None:
+        """Delivered / sent on a channel (messages without a final receipt count as not delivered yet)."""
+        d = self.delivery.get(channel) or {}
+        return _rate(d.get("delivered", 0), d.get("sent", 0))
 
     @property
     def message_id(self) -> str:
@@ -301,6 +309,10 @@ def _read(con: duckdb.DuckDBPyConnection, r: Report) -> None:
     for name, value in zip(_EFFECT, effect):
         setattr(r, name, value)
     r.recovered_amount = effect[-1]
+    cursor = con.execute(sql_text("report/delivery.sql"), where)
+    cols = [d[0] for d in cursor.description]
+    r.delivery = {row[0]: dict(zip(cols[1:], row[1:])) for row in cursor.fetchall()}
+    r.opt_outs = con.execute(sql_text("report/opt_outs.sql"), where).fetchone()[0]
 
 
 
@@ -405,6 +417,9 @@ def render(report: Report, svg: str | None = None) -> str:
         "effect_counted": t["effect_counted"].format(as_of=f"{report.as_of.astimezone(tz):%Y-%m-%d %H:%M}"),
         "effect_open": t["effect_open"].format(reminded=report.reminded_open, held_out=report.held_out_open),
         "effect_not_made": t["effect_not_made"].format(not_made=report.reminders_not_made),
+        # what the receipts said, per channel, and the opt-outs customers replied
+        "delivery": [{"key": c, "label": t["channels"].get(c, c), **d, "rate": report.delivery_rate(c)}
+                     for c, d in report.delivery.items()],
     }
     html = _environment().get_template(TEMPLATE).render(**context)
     report.seconds["render"] = time.perf_counter() - rendering

@@ -1,7 +1,8 @@
 -- send_queue: the queued automatic messages (sms, chat, email) a send at T takes up, the oldest first, each
 -- checked again just before it goes (docs/rules.md §7), because much can happen between the run that queued
 -- a message and the one that sends it (a crash, an outage, a customer who paid or opted out meanwhile).
--- $ids (optional): only these messages (a batch about to go); $as_of: the run's T.
+-- $ids (optional): only these messages (a batch about to go); $as_of: the run's T; $sent_since (optional): when
+-- the run began sending (what it sent since counts for T's day, whatever day the clock says).
 --   fail_reason (the message ends 'failed', never sent), the first that applies:
 --     retired_shop  the message's shop is no longer configured (top-level retired_shops)
 --     expired       T is at or past the end of the time it is worth sending (expires_at): a payment reminder
@@ -12,16 +13,20 @@
 --     closed        a payment reminder whose order is closed at T
 --     refunded      a follow-up whose order is refunded at T
 --     opted_out     the customer has opt_out, or a suppression 'all' by id, phone or email created <= T
---     suppressed    a suppression for the message's channel (sms: by id or phone; email: by id or email)
+--     suppressed    a suppression for the message's channel matching the customer's id, phone or email, or
+--                   the recipient (suppressions: the landing's created <= T, and every opt-out reply received
+--                   so far, ops.suppressions, whatever its time)
 --   wait_reason (the message stays queued, untouched, for a later run), when no fail_reason applies:
 --     quiet_hours   T is inside the shop's quiet hours
 --     daily_cap     a payment reminder queued on an earlier day, when the customer's reminders created on
---                   T's local date (not failed) leave no room under daily_cap
+--                   T's local date (not failed) leave no room under daily_cap, counting the customer's older
+--                   reminders still queued before it (of this batch or another: one an earlier batch is
+--                   sending counts until it is recorded sent, and then among the reminders of the day)
 with queued as (
     select message_id, channel, shop_id, purpose, order_id, customer_id, recipient, body, created_at, expires_at
     from ops.messages
     where status = 'queued' and list_contains($channels::VARCHAR[], channel)
-      and ($ids::VARCHAR[] is null or list_contains($ids::VARCHAR[], message_id))
+      and ($ids::VARCHAR[] is null or message_id in (select unnest($ids::VARCHAR[])))
 ),
 
 clock as (
@@ -34,7 +39,11 @@ clock as (
 ),
 
 suppressions as (
-    select * from staging.suppressions where created_at <= $as_of::TIMESTAMPTZ
+    -- the landing's, created <= T, and every opt-out a customer replied that has been received (crm/hooks.py),
+    -- whatever its time: a reply that came in while this run was sending (after its T) stops the next batch
+    select customer_id, phone, email, channel from staging.suppressions where created_at <= $as_of::TIMESTAMPTZ
+    union all
+    select customer_id, phone, email, channel from ops.suppressions
 ),
 
 matched as (
@@ -74,7 +83,8 @@ reminders_today as (
     where m.purpose = 'payment_reminder' and m.created_at <= $as_of::TIMESTAMPTZ
       and ((m.status <> 'failed' and crm_shop_local_date(m.shop_id, m.created_at) = clock.local_date)
            or (m.status in ('sent', 'done') and crm_shop_local_date(m.shop_id, m.created_at) <> clock.local_date
-               and crm_shop_local_date(m.shop_id, m.sent_at) = clock.local_date))
+               and (crm_shop_local_date(m.shop_id, m.sent_at) = clock.local_date
+                    or m.sent_at >= $sent_since::TIMESTAMPTZ)))
     group by all
 ),
 
@@ -107,13 +117,21 @@ facts as (
         on reminders_today.shop_id = queued.shop_id and reminders_today.customer_id = queued.customer_id
 ),
 
+queue_place as (
+    -- every older payment reminder still queued, in sending order per customer (all of them, not only $ids)
+    select m.message_id,
+           row_number() over (partition by m.shop_id, m.customer_id order by m.created_at, m.message_id) as place
+    from ops.messages as m
+    join clock using (shop_id)
+    where m.status = 'queued' and m.purpose = 'payment_reminder' and list_contains($channels::VARCHAR[], m.channel)
+      and crm_shop_local_date(m.shop_id, m.created_at) <> clock.local_date
+),
+
 capped as (
     -- an older reminder's place among the customer's older queued ones, against the room left today
-    select
-        *,
-        older_reminder and given_today + row_number() over (
-            partition by shop_id, customer_id, older_reminder order by created_at, message_id) > daily_cap as over_cap
+    select facts.*, facts.older_reminder and facts.given_today + queue_place.place > facts.daily_cap as over_cap
     from facts
+    left join queue_place using (message_id)
 ),
 
 final as (

@@ -2,6 +2,7 @@
 --   opted_out: the customer has opt_out, or a suppression with channel 'all' matching its id, phone
 --              or email, created <= T (docs/rules.md §4 reason 3; also used for visits, §5);
 --   suppressed_<channel>: a suppression for that channel matching id, phone or email, created <= T.
+-- Suppressions: the landing's (staging.suppressions) and the opt-out replies (ops.suppressions, §7), alike.
 -- A customer missing from staging.customers has no contact and has not opted out.
 with wanted as (
     select customer_id from int_unpaid_orders
@@ -16,7 +17,9 @@ customers as (
 ),
 
 suppressions as (
-    select * from staging.suppressions where created_at <= $as_of::TIMESTAMPTZ
+    select customer_id, phone, email, channel from staging.suppressions where created_at <= $as_of::TIMESTAMPTZ
+    union all
+    select customer_id, phone, email, channel from ops.suppressions where created_at <= $as_of::TIMESTAMPTZ
 ),
 
 matched as (

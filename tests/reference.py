@@ -362,8 +362,7 @@ def reminder_decisions(T, shops, orders, items, products, customers, suppression
                  for p in same_customer):
             reason = "not_latest"
         # 6 already reminded
-        elif any(m["purpose"] == "payment_reminder" and m["order_id"] == o["order_id"] and m["status"] != "failed"
-                 for m in messages):
+        elif any(m["purpose"] == "payment_reminder" and m["order_id"] == o["order_id"] for m in messages):
             reason = "already_reminded"
         # 7 no second-purchase offer
         elif segment == "second" and r["second_purchase_offer"] == "":
@@ -493,8 +492,7 @@ def visit_tasks(T, shops, orders, items, products, customers, suppressions, revi
                 continue
             if opted_out(o["customer_id"], customers, suppressions, T):
                 continue
-            if any(m["purpose"] == "followup" and m["order_id"] == o["order_id"] and m["status"] != "failed"
-                   for m in messages):
+            if any(m["purpose"] == "followup" and m["order_id"] == o["order_id"] for m in messages):
                 continue
             review = _latest_review(o, reviews, T)
             eligible.append((o, _tier(o, shop, review), review))

@@ -73,7 +73,8 @@ def test_refunded_opted_out_and_already_followed_up_are_not_eligible(shop):
           delivered("failed_before", customer_id="c3"))
     message(shop, "f1", "followup", "done", local("2026-11-24 09:00"), customer_id="c2")
     message(shop, "f2", "followup", "failed_before", local("2026-11-24 09:00"), customer_id="c3", status="failed")
-    assert set(by_order(visits(shop, T))) == {"refund_later", "failed_before"}
+    # a failed follow-up counts too (CONTRACT v3): a plan never re-creates it
+    assert set(by_order(visits(shop, T))) == {"refund_later"}
 
 
 def test_all_suppression_is_an_opt_out_for_visits(shop):

@@ -7,7 +7,8 @@
 --                             local date as this one or later than this one
 --    5 not_latest             another order of the customer in the shop, unpaid at T, not on a distribution
 --                             platform, created later (equal times: the greater order_id is later)
---    6 already_reminded       ops.messages holds a payment reminder for this order (status not failed)
+--    6 already_reminded       ops.messages holds a payment reminder for this order (any status, failed
+--                             included: its id is fixed; `crm dispatch --retry-failed` re-queues it)
 --    7 no_offer               segment 'second' and the shop has no second_purchase_offer
 --    8 daily_cap              daily_cap or more payment reminders (status not failed) to the customer from
 --                             this shop created on T's local date
@@ -22,9 +23,15 @@ with unpaid as (
     select * from int_unpaid_orders
 ),
 
-reminders_sent as (
+reminders_made as (
+    -- rule 6: every payment reminder of an order, whatever its status
     select * from ops.messages
-    where purpose = 'payment_reminder' and status <> 'failed' and created_at <= $as_of::TIMESTAMPTZ
+    where purpose = 'payment_reminder' and created_at <= $as_of::TIMESTAMPTZ
+),
+
+reminders_sent as (
+    -- rule 8: those that count towards the daily cap (not failed)
+    select * from reminders_made where status <> 'failed'
 ),
 
 facts as (
@@ -53,7 +60,7 @@ facts as (
                   and (other.created_at > unpaid.created_at
                        or (other.created_at = unpaid.created_at and other.order_id > unpaid.order_id))) as has_later_unpaid,
         -- 6
-        exists (select 1 from reminders_sent as m where m.order_id = unpaid.order_id) as already_reminded,
+        exists (select 1 from reminders_made as m where m.order_id = unpaid.order_id) as already_reminded,
         -- 8
         (select count(*) from reminders_sent as m
          where m.shop_id = unpaid.shop_id and m.customer_id = unpaid.customer_id

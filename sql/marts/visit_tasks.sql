@@ -1,6 +1,6 @@
 -- visit_tasks: the follow-up visits of T's local date D, ranked, with their channel (docs/rules.md §5).
 -- Eligible: int_visit_candidates (trigger, due date, grace, not refunded) whose customer has not opted
--- out and whose order has no follow-up in ops.messages (status not failed, created <= T).
+-- out and whose order has no follow-up in ops.messages (any status, failed included; created <= T).
 -- Tier, from the latest review created <= T: high_value (total_amount >= high_value_amount), bad_review
 -- (rating <= 2), neutral_review (3), complaint_in_praise (>= 4 and the text contains a complaint keyword,
 -- case-insensitive), other.
@@ -12,9 +12,15 @@
 -- not failed) — are fewer than manual_capacity; every other order gets auto_channel, or NULL when that
 -- contact is missing or suppressed or auto_channel is 'none'.
 -- due_at: T inside a visit window, else the next window's start (int_shop_clock).
-with followups_sent as (
+with followups_made as (
+    -- eligibility: every follow-up of an order, whatever its status
     select * from ops.messages
-    where purpose = 'followup' and status <> 'failed' and created_at <= $as_of::TIMESTAMPTZ
+    where purpose = 'followup' and created_at <= $as_of::TIMESTAMPTZ
+),
+
+followups_sent as (
+    -- call capacity: those not failed
+    select * from followups_made where status <> 'failed'
 ),
 
 eligible as (
@@ -22,7 +28,7 @@ eligible as (
     from int_visit_candidates as candidates
     join int_customer_reach as reach using (customer_id)
     where not reach.opted_out
-      and not exists (select 1 from followups_sent as m where m.order_id = candidates.order_id)
+      and not exists (select 1 from followups_made as m where m.order_id = candidates.order_id)
 ),
 
 latest_review as (
@@ -52,8 +58,9 @@ tiered as (
 ),
 
 ranked as (
+    -- on the sort keys alone: narrow rows sort fast (the context is joined back below)
     select
-        *,
+        order_id, shop_id, callable,
         row_number() over (
             partition by shop_id
             order by
@@ -62,9 +69,10 @@ ranked as (
                 case when tier <> 'other' then total_amount end desc,
                 case when tier = 'other' then hash01('visit:' || order_id || ':' || strftime(local_date, '%Y-%m-%d')) end asc,
                 order_id
-        ) as rank,
-        phone is not null and not suppressed_call as callable
-    from tiered
+        ) as rank
+    from (select order_id, shop_id, tier, rating, total_amount, local_date,
+                 phone is not null and not suppressed_call as callable
+          from tiered)
 ),
 
 calls_today as (
@@ -75,16 +83,22 @@ calls_today as (
     group by m.shop_id
 ),
 
-channelled as (
+numbered as (
     select
-        ranked.*,
+        ranked.order_id, ranked.rank, ranked.callable,
         -- this order would be call number (calls already given + callable orders ranked up to here)
         coalesce(calls_today.calls, 0)
-            + sum(case when callable then 1 else 0 end) over (partition by ranked.shop_id order by rank
-                                                              rows between unbounded preceding and current row)
+            + sum(case when ranked.callable then 1 else 0 end) over (partition by ranked.shop_id order by ranked.rank
+                                                                     rows between unbounded preceding and current row)
             as call_number
     from ranked
     left join calls_today using (shop_id)
+),
+
+channelled as (
+    select tiered.*, numbered.rank, numbered.callable, numbered.call_number
+    from tiered
+    join numbered using (order_id)
 ),
 
 final as (

@@ -33,12 +33,13 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+CRM = Path(sys.executable).parent / "crm"
 ENTITIES = ["customers", "products", "orders", "order_items", "reviews", "suppressions"]
 DEMO_ANCHOR = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
 
@@ -86,6 +87,30 @@ if anchor != "-":
 con.close()
 out["seconds"] = time.perf_counter() - t
 out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+# the same through the `crm` command, as a user runs it (a local Prefect server started once before, as the
+# first command does): each step its own process; peak memory is the largest step's max RSS
+CLI = """
+import json, resource, subprocess, sys, time
+crm, db, config, landing, anchor, later = sys.argv[1:7]
+def step(*args):
+    t = time.perf_counter()
+    r = subprocess.run([crm, "--db", db, "--config", config, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(" ".join(args) + ": " + r.stderr[-3000:])
+    return time.perf_counter() - t
+out = {{}}
+t = time.perf_counter()
+out["ingest_seconds"] = step("ingest", landing)
+if anchor != "-":
+    out["plan_seconds"] = step("plan", "--as-of", anchor)
+out["seconds"] = time.perf_counter() - t
+out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+if later != "-":
+    out["new_t_plan_seconds"] = step("plan", "--as-of", later)
 print(json.dumps(out))
 """
 
@@ -150,6 +175,10 @@ def main() -> None:
     parser.add_argument("--no-plan", action="store_true", help="ingest only, no first plan")
     parser.add_argument("--extra", type=float, default=0.01, help="the later drop's share (0: none)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--via", choices=("crm", "functions"), default="crm",
+                        help="crm: the `crm` commands as a user runs them (default); functions: in one process")
+    parser.add_argument("--backfill", type=int, default=0, metavar="N",
+                        help="also an hourly backfill of N T after the first plan (through crm)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -162,22 +191,47 @@ def main() -> None:
                  "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     bare_code, ingest_code = BARE.format(entities=ENTITIES), INGEST.format(root=str(ROOT))
     db = args.work / f"ingest-{args.data}-{args.orders}.duckdb"
+    res["via"] = args.via
+    if args.via == "crm":
+        if args.no_validate:
+            raise SystemExit("--no-validate needs --via functions (crm ingest always validates)")
+        subprocess.run([str(CRM), "--db", str(db), "server", "start"], check=True, capture_output=True)
     for i in range(args.repeat):
         bare_db = fresh(args.work / f"bare-{args.orders}.duckdb")
         res["bare"].append(run(bare_code, str(landing), str(bare_db)))
         fresh(bare_db)
         print(f"[{i + 1}] bare load {res['bare'][-1]['seconds']:.1f} s", flush=True)
-        res["ingest"].append(run(ingest_code, str(landing), str(fresh(db)), str(config), validate, at))
+        if args.via == "crm":
+            later = "-" if args.no_plan else (anchor + timedelta(hours=1)).isoformat()
+            res["ingest"].append(run(CLI.format(), str(CRM), str(fresh(db)), str(config), str(landing), at, later))
+        else:
+            res["ingest"].append(run(ingest_code, str(landing), str(fresh(db)), str(config), validate, at))
         r = res["ingest"][-1]
         print(f"[{i + 1}] ingest {r['ingest_seconds']:.1f} s + plan {r.get('plan_seconds', 0):.1f} s, "
               f"peak {r['peak_rss_mib']:.0f} MiB", flush=True)
+    if args.backfill and args.via == "crm" and not args.no_plan:
+        first, last = anchor + timedelta(hours=2), anchor + timedelta(hours=1 + args.backfill)
+        t = time.perf_counter()
+        done = subprocess.run([str(CRM), "--db", str(db), "--config", str(config), "backfill", "--from",
+                               first.isoformat(), "--to", last.isoformat(), "--every", "1h"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-3000:])
+        res["backfill"] = {"times": args.backfill, "seconds": time.perf_counter() - t}
+        res["backfill"]["seconds_per_t"] = res["backfill"]["seconds"] / args.backfill
+        print(f"backfill of {args.backfill} T: {res['backfill']['seconds']:.1f} s "
+              f"({res['backfill']['seconds_per_t']:.2f} s per T)", flush=True)
     if args.extra:
         plus = with_extra(args.data, landing.parent, landing, args.extra)
-        res["drop"] = run(ingest_code, str(plus), str(db), str(config), validate, "-")
+        if args.via == "crm":
+            res["drop"] = run(CLI.format(), str(CRM), str(db), str(config), str(plus), "-", "-")
+        else:
+            res["drop"] = run(ingest_code, str(plus), str(db), str(config), validate, "-")
         res["drop_fraction"] = args.extra
         print(f"drop of {args.extra:.0%} more orders: {res['drop']['ingest_seconds']:.2f} s "
-              f"({res['drop']['files_new']} new of {res['drop']['files_seen']} files)", flush=True)
+              f"({res['drop'].get('files_new', '?')} new of {res['drop'].get('files_seen', '?')} files)", flush=True)
     fresh(db)
+    if args.via == "crm":
+        subprocess.run([str(CRM), "--db", str(db), "server", "stop"], capture_output=True)
 
     bare = min(res["bare"], key=lambda r: r["seconds"])
     ing = min(res["ingest"], key=lambda r: r["seconds"])
@@ -195,6 +249,8 @@ def main() -> None:
     print(f"  {what:<20} {ing['seconds']:8.2f} s   peak {ing['peak_rss_mib']:6.0f} MiB   (ingest "
           f"{ing['ingest_seconds']:.2f} s, plan {ing.get('plan_seconds', 0):.2f} s)")
     print(f"  ratio {res['ratio_to_bare']:.2f}x bare (ingest alone {res['ratio_ingest_only_to_bare']:.2f}x)")
+    if "new_t_plan_seconds" in ing:
+        print(f"  plan at a new T (T + 1 h): {ing['new_t_plan_seconds']:.2f} s")
     if "drop" in res:
         print(f"  a drop of {args.extra:.0%} more orders: {res['drop']['ingest_seconds']:.2f} s = "
               f"{res['drop_share_of_full_ingest']:.1%} of the full ingest, peak {res['drop']['peak_rss_mib']:.0f} MiB")

@@ -627,6 +627,8 @@ def prepare(con, as_of: datetime, *, dry_run: bool, validate=None, renderer: Ren
             channels=None):
     """Plan (or, dry, only build), list the new messages (of `channels` only, if given), validate and
     render them."""
+    if validate is not None and hasattr(validate, "warm_up"):
+        validate.warm_up()          # GX's import and context, on a thread, while DuckDB plans
     retired = build(con, as_of) if dry_run else plan(con, as_of).retired_shops
     frame = outbox(con, as_of)
     if channels:

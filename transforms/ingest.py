@@ -782,6 +782,8 @@ def load(
     result = IngestResult(None, Path(landing_dir), len(all_files), len(new), ignored=ignored)
     if not new:
         return result
+    if validate is not None and hasattr(validate, "warm_up"):
+        validate.warm_up()          # GX's import and context, on a thread, while DuckDB lands and stages
     scratch = tempfile.TemporaryDirectory(prefix="crm-ingest-")
     try:
         outcome = land(con, new, step, Path(scratch.name))

@@ -358,7 +358,7 @@ def _phones(rng, zone: np.ndarray, idx: np.ndarray) -> pl.Series:
     bad = np.flatnonzero(rng.random(n) < 0.0002)        # not a number: quarantined
     out[bad] = np.array(["n/a", "12345", "待补充", "+0 000"], object)[rng.integers(0, 4, len(bad))]
     out[rng.random(n) < 0.08] = None                    # no phone
-    return pl.Series("phone", out, dtype=pl.String)
+    return pl.Series("phone", out.tolist(), dtype=pl.String)     # (an object array does not cast at 30M)
 
 
 _FULLWIDTH = str.maketrans("0123456789+-", "０１２３４５６７８９＋－")

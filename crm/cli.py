@@ -74,7 +74,10 @@ STATE = Ctx()
 def fail(message: str, code: int = 2) -> None:
     from crm.redact import redact
 
-    err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # the message is text, not markup: "[[shops]]" or a file name with brackets must print as it is
+    err.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -174,6 +174,7 @@ def test_an_opt_out_between_the_plan_and_the_send_of_its_batch_is_not_sent(loop)
     loop.use("http://127.0.0.1:9/cgi-bin/sendsms")            # Kannel unreachable: the run queues everything
     r = dispatch_db(loop.db, loop.settings, T)
     assert rows(loop.db, "SELECT status, count(*) FROM ops.messages GROUP BY 1") == [("queued", N)], r
+    assert "Kannel http://127.0.0.1:9/cgi-bin/sendsms looks down" in r.problem, r.problem
     loop.kannel.reply(phone(5), SENDER, "退订")
     assert settle(loop.db, "SELECT count(*) FROM ops.suppressions", [(1,)]) == [(1,)]
     loop.use(loop.kannel.sendsms_url)

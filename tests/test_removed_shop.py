@@ -109,6 +109,7 @@ def test_the_readme_order_demo_then_the_example_config(local_server, tmp_path):
         outputs.append(r)
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert r.returncode == 2 and len(errors) == 1 and "'s3' (3 orders)" in errors[0], r.stderr[-3000:]
+        assert "put its [[shops]] block back" in errors[0], "printed as text, not read as markup"
         assert "Traceback" not in r.stderr, r.stderr[-3000:]
     ro = duckdb.connect(str(db), read_only=True)
     assert ro.execute("SELECT count(*) FROM ops.plan_runs").fetchone()[0] == 0

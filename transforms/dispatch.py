@@ -384,7 +384,8 @@ class SendResult:
         """One line when messages stayed queued for a gateway that could not be reached, else None."""
         if not (self.kept or self.skipped):
             return None
-        where = {"gateway": f"the SMS/chat gateway {settings.gateway.webhook_url}",
+        gw = settings.gateway
+        where = {"gateway": (f"Kannel {gw.sendsms_url}" if gw.kind == "kannel" else f"the SMS/chat gateway {gw.webhook_url}"),
                  "smtp": f"the SMTP server {settings.smtp.host}:{settings.smtp.port}"}
         if self.down:
             what = "; ".join(f"{where[k]} looks down ({why})" for k, why in self.down.items())

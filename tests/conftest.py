@@ -8,9 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -159,3 +161,31 @@ def no_server_outlives_the_session(tmp_path_factory):
             orchestration.stop_server(state.parent / "crm.duckdb")
 
 
+
+
+def rows(db, sql: str, params=None, wait_seconds: float = 10) -> list[tuple]:
+    """`sql` on the database file `db`, read-only; while another process (a dispatch, the page's hooks
+    writer) holds the file, tried again for up to `wait_seconds`."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            con = duckdb.connect(str(db), read_only=True)
+            try:
+                return con.execute(sql, params or []).fetchall()
+            finally:
+                con.close()
+        except duckdb.IOException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def settle(db, sql: str, expected, timeout: float = 10) -> list[tuple]:
+    """rows(db, sql), read again until they are `expected` or `timeout` seconds pass (rows another process
+    writes a moment later: receipts, replies); the last rows read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = rows(db, sql)
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)

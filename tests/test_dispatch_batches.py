@@ -7,9 +7,9 @@ import threading
 import time
 from datetime import timedelta
 
-import duckdb
 import pytest
 
+from conftest import rows
 from crm.config import parse_settings
 from crm.db import connect, sync_shops
 from dispatching import T
@@ -18,12 +18,6 @@ from planning import message, stage
 from transforms.dispatch import _Database, send_queued
 
 
-def rows(db, sql: str, params=None) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture

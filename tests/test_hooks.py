@@ -9,9 +9,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
-import duckdb
 import httpx
 import pytest
+from conftest import rows, settle
 from standardwebhooks.webhooks import Webhook
 
 import workspace
@@ -50,28 +50,8 @@ def served(tmp_path):
     server.stop()
 
 
-def rows(db, sql: str) -> list[tuple]:
-    deadline = time.monotonic() + 10          # the hooks' writer moves the spool in within ~0.5 s
-    while True:
-        try:
-            con = duckdb.connect(str(db), read_only=True)
-            try:
-                return con.execute(sql).fetchall()
-            finally:
-                con.close()
-        except duckdb.IOException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
-def settle(db, sql: str, expected, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = rows(db, sql)
-        if got == expected or time.monotonic() > deadline:
-            return got
-        time.sleep(0.1)
 
 
 def signed(body: dict, *, msg_id: str = "msg_1", at: datetime | None = None, secret: str = SECRET) -> tuple[bytes, dict]:

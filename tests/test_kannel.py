@@ -11,11 +11,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import duckdb
 import pytest
 
 import kannel
-from conftest import BIN, crm
+from conftest import BIN, crm, rows, settle
 from crm.config import load_settings
 from crm.db import connect
 from dispatching import T, sms_crowd
@@ -30,28 +29,8 @@ SENDER = "10690"
 N = 12
 
 
-def rows(db, sql: str, params=None) -> list[tuple]:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            con = duckdb.connect(str(db), read_only=True)
-            try:
-                return con.execute(sql, params or []).fetchall()
-            finally:
-                con.close()
-        except duckdb.IOException:            # held for a moment by the page's writer or a dispatch
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
-def settle(db, sql: str, expected, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = rows(db, sql)
-        if got == expected or time.monotonic() > deadline:
-            return got
-        time.sleep(0.2)
 
 
 def phone(i: int) -> str:
@@ -133,7 +112,7 @@ def test_a_dispatch_arrives_once_in_chinese_and_its_delivery_reports_come_back(l
     assert any("退订" in m.text for m in got), "the Chinese text came through intact"
     # fakesmsc's delivery reports reach /hooks/kannel/dlr: every message delivered, each receipt kept
     expected = [("delivered", N)]
-    assert settle(loop.db, "SELECT delivery, count(*) FROM ops.messages GROUP BY ALL", expected) == expected
+    assert settle(loop.db, "SELECT delivery, count(*) FROM ops.messages GROUP BY ALL", expected, timeout=30) == expected
     assert rows(loop.db, "SELECT count(DISTINCT message_id), bool_and(gateway = 'kannel') FROM ops.delivery_receipts"
                 ) == [(N, True)]
     assert rows(loop.db, "SELECT count(*) FROM ops.messages WHERE delivered_at IS NULL") == [(0,)]
@@ -148,7 +127,7 @@ def test_an_opt_out_reply_stops_every_later_message_to_that_phone(loop):
     loop.kannel.reply(phone(2), SENDER, "ｔｄ ")             # full-width, with a space
     loop.kannel.reply(phone(3), SENDER, "怎么付款")          # a question, not an opt-out
     expected = [(phone(1), "TD", True), (phone(2), "ｔｄ ", True), (phone(3), "怎么付款", False)]
-    assert settle(loop.db, "SELECT sender, text, opt_out FROM ops.replies ORDER BY sender", expected) == expected
+    assert settle(loop.db, "SELECT sender, text, opt_out FROM ops.replies ORDER BY sender", expected, timeout=30) == expected
     assert rows(loop.db, "SELECT phone, channel, reason FROM ops.suppressions ORDER BY phone") == [
         (phone(1), "sms", "reply: TD"), (phone(2), "sms", "reply: ｔｄ ")]
     # the next day each of the three orders again: nothing goes to the two who opted out
@@ -176,7 +155,7 @@ def test_an_opt_out_between_the_plan_and_the_send_of_its_batch_is_not_sent(loop)
     assert rows(loop.db, "SELECT status, count(*) FROM ops.messages GROUP BY 1") == [("queued", N)], r
     assert "Kannel http://127.0.0.1:9/cgi-bin/sendsms looks down" in r.problem, r.problem
     loop.kannel.reply(phone(5), SENDER, "退订")
-    assert settle(loop.db, "SELECT count(*) FROM ops.suppressions", [(1,)]) == [(1,)]
+    assert settle(loop.db, "SELECT count(*) FROM ops.suppressions", [(1,)], timeout=30) == [(1,)]
     loop.use(loop.kannel.sendsms_url)
     r = send_queued(loop.db, loop.settings, T + timedelta(minutes=5))
     assert (r.sent, r.withdrawn) == (N - 1, 1), r

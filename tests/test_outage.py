@@ -12,7 +12,7 @@ import duckdb
 import httpx
 import pytest
 
-from conftest import crm
+from conftest import crm, rows
 from crm.config import load_settings
 from crm.db import connect, sync_shops
 from dispatching import T, shop_config, sms_crowd
@@ -31,12 +31,6 @@ def statuses(db) -> dict[str, int]:
         con.close()
 
 
-def rows(db, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ import threading
 import time
 from datetime import timedelta
 
-import duckdb
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import BIN, crm, free_port
+from conftest import BIN, crm, free_port, rows
 from crm.config import load_settings, parse_settings
 from crm.db import connect, sync_shops
 from crm.journal import SendJournal
@@ -28,12 +27,6 @@ from transforms.dispatch import dispatch_db, send_queued
 N = 40
 
 
-def rows(db, sql: str, params=None) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture

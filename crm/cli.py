@@ -178,8 +178,13 @@ def _run_flow(label: str, target: str, /, partial=None, **params):
         def report(what: str, units: int) -> None:
             bar.update(task, description=f"{label}: {what}")
 
+        # no flow-run heartbeats for a command run in this process: Prefect's heartbeat thread sleeps in 1 s
+        # steps and the run's end waits for it (up to 1 s on every command); a crashed command's run is
+        # found without them (it never reaches a final state), and worker-run deployments keep them
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
         try:
-            with progress.reporting(report):
+            with progress.reporting(report), temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 return fn(**params)
         except Exception as e:
             how = _known_failure(e)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+import time
+
 import duckdb
 
 from conftest import BIN, crm
@@ -56,6 +58,11 @@ def test_an_analyst_reading_does_not_block_a_flow(local_server, tmp_path):
     assert fresh.execute(query).fetchone()[0] == 2, "a new connection sees the latest run"
     assert fresh.execute("SELECT count(*) FROM marts.customer_segments").fetchone()[0] == 3
     fresh.close()
+    # the replaced copy is freed by a process of its own (not by the command): gone soon, never left behind
+    deadline = time.monotonic() + 30
+    while list(copy.parent.glob(copy.name + ".old-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(copy.parent.glob(copy.name + ".old-*"))
 
 
 def test_deploy_from_prefect_yaml_and_run_through_the_api(local_server, tmp_path):

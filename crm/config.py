@@ -142,6 +142,57 @@ class Visits(_Strict):
         return v
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TOP_ROUTER = "https://eco.taobao.com/router/rest"
+
+
+class Source(_Strict):
+    """[shops.source]: where `crm extract` fetches the shop's orders (docs/rules.md §11). Secrets stay out of
+    the file: the *_env keys name the environment variables that hold them."""
+    kind: Literal["taobao", "shopify"]
+    endpoint: str = ""                      # taobao: the TOP router ("": TOP_ROUTER); shopify: https://<store>.myshopify.com
+    app_key: str = ""                       # taobao
+    app_secret_env: str = ""                # taobao: the variable holding the app secret
+    session_env: str = ""                   # taobao: the variable holding the seller's session key
+    sign_method: Literal["md5", "hmac-sha256"] = "md5"   # taobao
+    api_version: str = "2025-10"            # shopify: the Admin API version
+    token_env: str = ""                     # shopify: the variable holding the access token
+    backfill_days: Annotated[int, Field(ge=1)] = 30      # a first extract reaches this far back
+    overlap_minutes: NonNegInt = 10         # each run re-reads this much before the watermark
+
+    @field_validator("app_secret_env", "session_env", "token_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        # never echo the value: a secret pasted here by mistake must not end up in an error line
+        if v and not _ENV_NAME.match(v):
+            raise ValueError("must be the name of an environment variable (letters, digits, _), not the secret "
+                             "itself: the secret stays out of this file")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Source":
+        if self.kind == "taobao":
+            needed = ("app_key", "app_secret_env", "session_env")
+        else:
+            needed = ("endpoint", "token_env")
+        missing = [k for k in needed if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"kind {self.kind!r} needs {' and '.join(missing)}")
+        return self
+
+    @property
+    def url(self) -> str:
+        """The endpoint, with taobao's default router."""
+        return self.endpoint or (TOP_ROUTER if self.kind == "taobao" else "")
+
+
 @cache
 def _duckdb_zones() -> frozenset[str]:
     """The time zone names DuckDB's ICU knows (exactly as it lists them)."""
@@ -152,6 +203,52 @@ def _duckdb_zones() -> frozenset[str]:
         return frozenset(name for (name,) in con.execute("SELECT name FROM pg_timezone_names()").fetchall())
     finally:
         con.close()
+
+
+# [shops.experiments] (docs/rules.md §4, §8): a segment's payment reminders split between templates
+_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+class Experiment(_Strict):
+    """One segment's template experiment: `variants` are template names under payment_reminder/ (e.g. 'new',
+    'new.short'), `weights` their shares of the orders ([]: equal shares). No variants: no experiment."""
+    variants: list[str] = []
+    weights: list[NonNegFloat] = []
+
+    @model_validator(mode="after")
+    def _split(self) -> "Experiment":
+        v, w = self.variants, self.weights
+        if not v:
+            if w:
+                raise ValueError("weights without variants: list the variants' template names")
+            return self
+        for i, name in enumerate(v):
+            if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
+                raise ValueError(f"variants[{i}]: {name!r} is not a template name under payment_reminder/ "
+                                 "(letters, digits, _ and -, parts joined by dots, e.g. 'new.short')")
+        if len(v) < 2:
+            raise ValueError(f"an experiment needs at least two variants (got {v})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"variants lists a template twice: {v}")
+        if w:
+            if len(w) != len(v):
+                raise ValueError(f"weights has {len(w)} shares for {len(v)} variants: give one per variant, "
+                                 "or none for equal shares")
+            if any(x <= 0 for x in w):
+                raise ValueError(f"every weight must be above 0 (got {w})")
+            if abs(sum(w) - 1) > 1e-9:
+                raise ValueError(f"weights must add up to 1 (got {w}, which add up to {sum(w):g})")
+        return self
+
+
+class PaymentReminderExperiments(_Strict):
+    new: Experiment = Experiment()
+    second: Experiment = Experiment()
+    repeat: Experiment = Experiment()
+
+
+class Experiments(_Strict):
+    payment_reminder: PaymentReminderExperiments = PaymentReminderExperiments()
 
 
 class Shop(_Strict):
@@ -165,6 +262,20 @@ class Shop(_Strict):
     distribution_platforms: list[str] = ["fenxiao"]
     reminders: Reminders = Reminders()
     visits: Visits = Visits()
+    source: Source | None = None              # [shops.source]: none, nothing is extracted
+    experiments: Experiments = Experiments()   # [shops.experiments]: template experiments (§4, §8)
+
+    @field_validator("experiments")
+    @classmethod
+    def _experiment_channels(cls, v: Experiments, info: ValidationInfo) -> Experiments:
+        reminders = info.data.get("reminders")
+        for segment in ("new", "second", "repeat"):
+            channel = getattr(reminders.channels, segment) if reminders else None
+            if getattr(v.payment_reminder, segment).variants and channel == "call":
+                raise ValueError(f".payment_reminder.{segment}: segment {segment!r} is reminded by call "
+                                 f"(reminders.channels.{segment}), which reads the call script, not payment_reminder/ "
+                                 f"templates: remind it by sms or email, or remove the experiment")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -379,7 +490,7 @@ def parse_settings(raw: dict[str, Any], source: str = "<config>") -> Settings:
         if loc[:2] in from_env:
             # the value came from the environment: name the variable, not the file
             raise ConfigError(f"{from_env[loc[:2]]}: {msg} (it sets {where}, overriding {source}){more}") from None
-        sep = "" if msg.startswith("[") else ": "
+        sep = "" if msg.startswith(("[", ".")) else ": "
         raise ConfigError(f"{source}: {where}{sep}{msg}{more}") from None
 
 

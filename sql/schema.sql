@@ -50,6 +50,16 @@ CREATE TABLE IF NOT EXISTS ops.file_hashes (
     file_hash       VARCHAR NOT NULL
 );
 
+-- where each shop's extraction from its platform stands (crm/sources, docs/rules.md §11): everything the platform
+-- changed before `watermark` has been written to the landing folder; the next run starts overlap_minutes before it
+CREATE TABLE IF NOT EXISTS ops.source_watermarks (
+    shop_id         VARCHAR NOT NULL,
+    source          VARCHAR NOT NULL,         -- the [shops.source] kind: taobao, shopify
+    watermark       TIMESTAMPTZ NOT NULL,
+    updated_at      TIMESTAMPTZ NOT NULL,     -- real time it last moved
+    PRIMARY KEY (shop_id, source)
+);
+
 -- every rejected input row, with its file and the reason; never silently dropped
 CREATE TABLE IF NOT EXISTS ops.quarantine (
     entity          VARCHAR NOT NULL,
@@ -161,7 +171,8 @@ CREATE TABLE IF NOT EXISTS marts.reminder_decisions (
     send_at TIMESTAMPTZ, template VARCHAR,
     -- context for analysts
     created_at TIMESTAMPTZ, deadline TIMESTAMPTZ, prior_purchases BIGINT, total_amount DECIMAL(18, 2),
-    platform VARCHAR, style_tag VARCHAR
+    platform VARCHAR, style_tag VARCHAR,
+    variant VARCHAR                           -- the template experiment's variant ([shops.experiments])
 );
 CREATE TABLE IF NOT EXISTS marts.visit_tasks (
     as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL,
@@ -184,6 +195,10 @@ ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS review_text VARCHAR;
 -- what the delivery receipts said (docs/rules.md §7): 'delivered' or 'undelivered', once set never changed
 ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS delivery VARCHAR;
 ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS delivered_at TIMESTAMPTZ;
+-- a payment reminder's segment and template experiment variant, as its decision had them (docs/rules.md §4, §8)
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS customer_segment VARCHAR;
+ALTER TABLE ops.messages ADD COLUMN IF NOT EXISTS variant VARCHAR;
+ALTER TABLE marts.reminder_decisions ADD COLUMN IF NOT EXISTS variant VARCHAR;
 
 -- what the gateways told us back (crm/hooks.py, docs/rules.md §7): every receipt and reply is kept
 CREATE TABLE IF NOT EXISTS ops.delivery_receipts (
@@ -244,16 +259,40 @@ CREATE TABLE IF NOT EXISTS marts.feedback_summary (
     no_channel_planned BIGINT NOT NULL, calls_attempted BIGINT NOT NULL, sms_sent BIGINT NOT NULL,
     email_sent BIGINT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS marts.reminder_effect (
+-- per shop, local day, segment and channel, with segment and channel 'all' for the day's totals (never sum those
+-- with the others); marts.reminder_effect is a view (crm.db.connect creates it): the 'all' rows, one per shop and
+-- local day, without the segment and channel columns
+CREATE TABLE IF NOT EXISTS marts.reminder_effect_segments (
     as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, day DATE NOT NULL,
     orders_reminded BIGINT NOT NULL, reminded_paid_before_close BIGINT NOT NULL,
     recovered_amount DECIMAL(18, 2) NOT NULL,
     orders_held_out BIGINT NOT NULL, held_out_paid_before_close BIGINT NOT NULL,
     -- outcome known at T (paid, closed or past auto-close) or still open; reminders planned but not made
     orders_reminded_known BIGINT NOT NULL, orders_reminded_open BIGINT NOT NULL, reminders_not_made BIGINT NOT NULL,
-    orders_held_out_known BIGINT NOT NULL, orders_held_out_open BIGINT NOT NULL
+    orders_held_out_known BIGINT NOT NULL, orders_held_out_open BIGINT NOT NULL,
+    -- per segment and channel ('all': the shop's day); the lift: orders assigned a reminder (made or not) against
+    -- the held out, with 95% intervals (NULL and effect_status 'too_small' when a group is too small)
+    segment VARCHAR NOT NULL DEFAULT 'all', channel VARCHAR NOT NULL DEFAULT 'all',
+    orders_assigned_known BIGINT NOT NULL DEFAULT 0, orders_assigned_open BIGINT NOT NULL DEFAULT 0,
+    assigned_paid_before_close BIGINT NOT NULL DEFAULT 0, assigned_known_amount DECIMAL(18, 2) NOT NULL DEFAULT 0,
+    reminded_paid_rate DOUBLE, assigned_paid_rate DOUBLE, held_out_paid_rate DOUBLE,
+    lift DOUBLE, lift_low DOUBLE, lift_high DOUBLE,
+    implied_recovered_amount DECIMAL(18, 2), implied_recovered_low DECIMAL(18, 2), implied_recovered_high DECIMAL(18, 2),
+    effect_status VARCHAR NOT NULL DEFAULT 'too_small'
 );
--- their columns added after the first release (no-ops on a new file; a plan rebuilds both tables whole)
+-- per shop, local day, segment and template experiment variant (docs/rules.md §8): the variants' paid rates
+CREATE TABLE IF NOT EXISTS marts.reminder_variants (
+    as_of TIMESTAMPTZ NOT NULL, shop_id VARCHAR NOT NULL, day DATE NOT NULL, segment VARCHAR NOT NULL,
+    variant VARCHAR NOT NULL,
+    orders_assigned BIGINT NOT NULL, orders_known BIGINT NOT NULL, orders_open BIGINT NOT NULL,
+    paid_before_close BIGINT NOT NULL, paid_rate DOUBLE, paid_rate_low DOUBLE, paid_rate_high DOUBLE,
+    -- against the experiment's first variant
+    reference_variant VARCHAR, difference DOUBLE, difference_low DOUBLE, difference_high DOUBLE,
+    status VARCHAR NOT NULL
+);
+-- their columns added after the first release (no-ops on a new file; a plan rebuilds the tables whole). The columns
+-- the first release's marts.reminder_effect (a table) gained are reminder_effect_segments' now; that table is
+-- replaced by the view after these (crm/db.py)
 ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS calls_planned BIGINT DEFAULT 0;
 ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS sms_planned BIGINT DEFAULT 0;
 ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS email_planned BIGINT DEFAULT 0;
@@ -261,16 +300,32 @@ ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS no_channel_planned B
 ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS calls_attempted BIGINT DEFAULT 0;
 ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS sms_sent BIGINT DEFAULT 0;
 ALTER TABLE marts.feedback_summary ADD COLUMN IF NOT EXISTS email_sent BIGINT DEFAULT 0;
-ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_reminded_known BIGINT DEFAULT 0;
-ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_reminded_open BIGINT DEFAULT 0;
-ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS reminders_not_made BIGINT DEFAULT 0;
-ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_held_out_known BIGINT DEFAULT 0;
-ALTER TABLE marts.reminder_effect ADD COLUMN IF NOT EXISTS orders_held_out_open BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS orders_reminded_known BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS orders_reminded_open BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS reminders_not_made BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS orders_held_out_known BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS orders_held_out_open BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS segment VARCHAR DEFAULT 'all';
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS channel VARCHAR DEFAULT 'all';
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS orders_assigned_known BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS orders_assigned_open BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS assigned_paid_before_close BIGINT DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS assigned_known_amount DECIMAL(18, 2) DEFAULT 0;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS reminded_paid_rate DOUBLE;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS assigned_paid_rate DOUBLE;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS held_out_paid_rate DOUBLE;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS lift DOUBLE;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS lift_low DOUBLE;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS lift_high DOUBLE;
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS implied_recovered_amount DECIMAL(18, 2);
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS implied_recovered_low DECIMAL(18, 2);
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS implied_recovered_high DECIMAL(18, 2);
+ALTER TABLE marts.reminder_effect_segments ADD COLUMN IF NOT EXISTS effect_status VARCHAR DEFAULT 'too_small';
 
 -- what an incremental refresh of the two §8 marts needs (transforms/plan.py refresh_reports): the marts are
 -- as of ops.report_state.as_of, and a plan recomputes only the periods that can have changed since
 CREATE TABLE IF NOT EXISTS ops.report_state (
-    as_of           TIMESTAMPTZ NOT NULL,     -- the T feedback_summary and reminder_effect are as of
+    as_of           TIMESTAMPTZ NOT NULL,     -- the T the §8 marts are as of
     last_ingest_id  INTEGER NOT NULL,         -- the newest ingest they have seen
     shops_key       VARCHAR NOT NULL          -- the shops, zones and auto-close they were computed with
 );
@@ -301,7 +356,19 @@ CREATE TABLE IF NOT EXISTS ops.effect_reminders (
     shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, made BOOLEAN NOT NULL, made_day DATE, first_day DATE NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ops.effect_holdouts (shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, first_day DATE NOT NULL);
+-- their segment, channel and variant (the first holdout decision's: first_at), added later
+ALTER TABLE ops.effect_reminders ADD COLUMN IF NOT EXISTS channel VARCHAR;
+ALTER TABLE ops.effect_reminders ADD COLUMN IF NOT EXISTS segment VARCHAR;
+ALTER TABLE ops.effect_reminders ADD COLUMN IF NOT EXISTS variant VARCHAR;
+ALTER TABLE ops.effect_holdouts ADD COLUMN IF NOT EXISTS first_at TIMESTAMPTZ;
+ALTER TABLE ops.effect_holdouts ADD COLUMN IF NOT EXISTS segment VARCHAR;
+ALTER TABLE ops.effect_holdouts ADD COLUMN IF NOT EXISTS channel VARCHAR;
+ALTER TABLE ops.effect_holdouts ADD COLUMN IF NOT EXISTS variant VARCHAR;
 CREATE TABLE IF NOT EXISTS ops.effect_rows (
     grp VARCHAR NOT NULL, shop_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, day DATE NOT NULL,
     known BOOLEAN NOT NULL, paid BOOLEAN NOT NULL, total_amount DECIMAL(18, 2)
 );
+-- each order's segment, channel and variant in reminder_effect, added later; a not-made reminder's outcome too
+ALTER TABLE ops.effect_rows ADD COLUMN IF NOT EXISTS segment VARCHAR;
+ALTER TABLE ops.effect_rows ADD COLUMN IF NOT EXISTS channel VARCHAR;
+ALTER TABLE ops.effect_rows ADD COLUMN IF NOT EXISTS variant VARCHAR;

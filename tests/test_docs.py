@@ -7,13 +7,14 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import get_args, get_origin
+from types import NoneType, UnionType
+from typing import Union, get_args, get_origin
 
 import duckdb
 import pytest
 from pydantic import BaseModel
 
-from crm.config import _ENV, Settings, Shop, load_settings
+from crm.config import _ENV, Settings, Shop, Source, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "shops.example.toml"
@@ -21,7 +22,11 @@ RULES = REPO / "docs" / "rules.md"
 
 
 def _model_of(annotation) -> type[BaseModel] | None:
-    """The model a field holds: Reminders for `reminders`, Shop for `shops: list[Shop]`; None for a value."""
+    """The model a field holds: Reminders for `reminders`, Shop for `shops: list[Shop]`, Source for an optional
+    table (`source: Source | None`); None for a value."""
+    if get_origin(annotation) in (Union, UnionType):
+        inner = [a for a in get_args(annotation) if a is not NoneType]
+        return _model_of(inner[0]) if len(inner) == 1 else None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     if get_origin(annotation) is list:
@@ -140,8 +145,10 @@ def test_rules_give_the_true_defaults():
     defaults = {rule_key(k): v for k, v in flat(Settings(shops=[Shop(shop_id="s1")]).model_dump()).items()
                 if k != "shops"}
     defaults |= {rule_key(f"shops.{k}"): v for k, v in flat(Shop(shop_id="s1").model_dump()).items()}
+    # the optional [shops.source] table: its keys' own defaults
+    defaults |= {f"source.{k}": f.default for k, f in Source.model_fields.items() if not f.is_required()}
     rows = re.findall(r"^\| `([a-z_.]+)` \| `(.+?)` \|", section(3), re.M)
-    assert len(rows) == len(model_keys(Settings)) - 1          # every key but shop_id, which has none
+    assert len(rows) == len(model_keys(Settings)) - 2          # every key but shop_id and source.kind, which have none
     for key, written in rows:
         assert tomllib.loads(f"v = {written}")["v"] == defaults[key], key
 

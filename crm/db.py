@@ -148,7 +148,7 @@ def connect(path: str | Path, *, read_only: bool = False, wait_seconds: float = 
         return con
     if not read_only:
         con.execute(sql_text("schema.sql"))
-        _segments_view(con)
+        _views(con)
     con.execute(sql_text("macros.sql"))
     return con
 
@@ -237,17 +237,31 @@ def exclusive(lock_file: str | Path, *, wait_seconds: float, on_wait=None) -> It
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _segments_view(con: duckdb.DuckDBPyConnection) -> None:
-    """marts.customer_segments: ops.segment_rows, each as of the one T in ops.segment_state.
-    (A file from before this was a view held a table here; its rows are derived, the next plan rebuilds them.)"""
-    kind = con.execute("SELECT table_type FROM information_schema.tables "
-                       "WHERE table_schema = 'marts' AND table_name = 'customer_segments'").fetchone()
-    if kind and kind[0] == "BASE TABLE":
-        con.execute("DROP TABLE marts.customer_segments")
-    if kind is None or kind[0] == "BASE TABLE":
-        con.execute("CREATE VIEW marts.customer_segments AS SELECT state.as_of, r.shop_id, r.customer_id, "
-                    "r.paid_orders, r.lifetime_value, r.last_paid_at, r.member_level, r.segment "
-                    "FROM ops.segment_rows AS r CROSS JOIN ops.segment_state AS state")
+# the marts that are views (after sql/schema.sql, which creates and alters the tables they read):
+#   customer_segments  ops.segment_rows, each as of the one T in ops.segment_state
+#   reminder_effect    one row per shop and local day: reminder_effect_segments' rows with segment and channel 'all'
+#                      (the day's totals), without those two columns (`*`: a column added to the table shows here)
+VIEWS = {
+    "customer_segments": "SELECT state.as_of, r.shop_id, r.customer_id, r.paid_orders, r.lifetime_value, "
+                         "r.last_paid_at, r.member_level, r.segment "
+                         "FROM ops.segment_rows AS r CROSS JOIN ops.segment_state AS state",
+    "reminder_effect": "SELECT * EXCLUDE (segment, channel) FROM marts.reminder_effect_segments "
+                       "WHERE segment = 'all' AND channel = 'all'",
+}
+
+
+def _views(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the views of VIEWS that are missing. A file from before a view held a table under its name: its
+    rows are derived, so it is dropped and the next plan rebuilds them (for reminder_effect: a new REPORTS_VERSION,
+    transforms/plan.py)."""
+    names = ", ".join(f"'{name}'" for name in VIEWS)
+    kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables "
+                             f"WHERE table_schema = 'marts' AND table_name IN ({names})").fetchall())
+    for name, select in VIEWS.items():
+        if kinds.get(name) == "BASE TABLE":
+            con.execute(f"DROP TABLE marts.{name}")
+        if kinds.get(name) != "VIEW":
+            con.execute(f"CREATE VIEW marts.{name} AS {select}")
 
 
 def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:

@@ -84,3 +84,28 @@ CREATE OR REPLACE TEMP MACRO crm_in_quiet(m, qs, qe) AS
     CASE WHEN qs IS NULL OR qs = qe THEN false
          WHEN qs < qe THEN m >= qs AND m < qe
          ELSE m >= qs OR m < qe END;
+
+-- docs/rules.md §8: 95% intervals for the paid rates of the payment reminders' effect. z is the normal
+-- distribution's 97.5% point. Wilson's score interval for k of n (NULL when n = 0; Newcombe 1998, method 3):
+CREATE OR REPLACE TEMP MACRO crm_z95() AS 1.959963984540054;
+CREATE OR REPLACE TEMP MACRO crm_wilson_low(k, n) AS CASE WHEN n > 0 THEN greatest(0.0,
+    (k::DOUBLE / n + pow(crm_z95(), 2) / (2 * n)
+     - crm_z95() * sqrt(k::DOUBLE / n * (1 - k::DOUBLE / n) / n + pow(crm_z95(), 2) / (4 * pow(n, 2))))
+    / (1 + pow(crm_z95(), 2) / n)) END;
+CREATE OR REPLACE TEMP MACRO crm_wilson_high(k, n) AS CASE WHEN n > 0 THEN least(1.0,
+    (k::DOUBLE / n + pow(crm_z95(), 2) / (2 * n)
+     + crm_z95() * sqrt(k::DOUBLE / n * (1 - k::DOUBLE / n) / n + pow(crm_z95(), 2) / (4 * pow(n, 2))))
+    / (1 + pow(crm_z95(), 2) / n)) END;
+-- the difference k1/n1 - k2/n2 and its interval by Newcombe's hybrid score method (Newcombe 1998, method 10),
+-- from the two Wilson intervals
+CREATE OR REPLACE TEMP MACRO crm_newcombe_low(k1, n1, k2, n2) AS CASE WHEN n1 > 0 AND n2 > 0 THEN
+    k1::DOUBLE / n1 - k2::DOUBLE / n2
+    - sqrt(pow(k1::DOUBLE / n1 - crm_wilson_low(k1, n1), 2) + pow(crm_wilson_high(k2, n2) - k2::DOUBLE / n2, 2)) END;
+CREATE OR REPLACE TEMP MACRO crm_newcombe_high(k1, n1, k2, n2) AS CASE WHEN n1 > 0 AND n2 > 0 THEN
+    k1::DOUBLE / n1 - k2::DOUBLE / n2
+    + sqrt(pow(crm_wilson_high(k1, n1) - k1::DOUBLE / n1, 2) + pow(k2::DOUBLE / n2 - crm_wilson_low(k2, n2), 2)) END;
+-- too small: a comparison is made only when each of its two groups has at least this many orders whose outcome
+-- is known; below it the difference and its interval are NULL and the status says 'too_small'
+CREATE OR REPLACE TEMP MACRO crm_effect_min_known() AS 30;
+CREATE OR REPLACE TEMP MACRO crm_effect_status(n1, n2) AS
+    CASE WHEN n1 >= crm_effect_min_known() AND n2 >= crm_effect_min_known() THEN 'ok' ELSE 'too_small' END;

@@ -18,7 +18,8 @@ Where the rules are silent this follows the project's documented choices:
    before the change). Window starts are wall-clock arithmetic (cut-off minus lead on the wall
    clock, then converted). Quiet hours compare the local minute of day with [start, end), wrapping
    midnight when start > end; start == end or [] means none.
-3. channel / send_at / template are filled on every decision row.
+3. channel / send_at / template / variant are filled on every decision row (variant: none outside an
+   experiment, and none on the channel call).
 4. Suppressions match by customer_id, phone or email (non-null) and count when created <= T. Phones are
    compared in E.164 (libphonenumber after NFKC; a number without a country code is in its shop's
    phone_region: a customer's shop, for a suppression its customer's shop, else the first shop).
@@ -300,8 +301,9 @@ def send_time(o: dict, shop: dict) -> tuple[datetime, datetime, datetime]:
 
 # ------------------------------------------------------------------------------------ templates
 
-def template_for(o: dict, segment: str, items: list[dict], products: list[dict], variants) -> str:
-    base = f"payment_reminder/{segment}"
+def style_tag(o: dict, segment: str, items: list[dict], products: list[dict], variants) -> str | None:
+    """The order's product tone: the first tag (by line_no, then its place in style_tags) with a template
+    <segment>.<tag>."""
     variants = set(variants or [])
     lines = sorted((it for it in items if it["order_id"] == o["order_id"]), key=lambda it: int(it["line_no"]))
     for it in lines:
@@ -310,8 +312,34 @@ def template_for(o: dict, segment: str, items: list[dict], products: list[dict],
             continue
         for tag in prod["style_tags"]:
             if f"{segment}.{tag}" in variants:
-                return f"{base}.{tag}"
-    return base
+                return tag
+    return None
+
+
+def experiment_variant(o: dict, segment: str, channel: str, shop: dict) -> str | None:
+    """[shops.experiments]: the variant of the shop's experiment for the segment whose share of
+    hash01("variant:" + order_id) holds the order (shares in list order, the last one ending at 1; no weights:
+    equal shares); none on the channel call."""
+    experiment = ((shop.get("experiments") or {}).get("payment_reminder") or {}).get(segment) or {}
+    names, weights = experiment.get("variants") or [], experiment.get("weights") or []
+    if not names or channel == "call":
+        return None
+    h = hash01("variant:" + o["order_id"])
+    for i, name in enumerate(names):
+        end = 1.0 if i == len(names) - 1 else (sum(weights[: i + 1]) if weights else (i + 1) / len(names))
+        if h < end:
+            return name
+    return names[-1]
+
+
+def template_for(o: dict, segment: str, items: list[dict], products: list[dict], variants,
+                 variant: str | None = None) -> str:
+    """payment_reminder/<variant or segment>, with the order's product tone when that template exists."""
+    base = variant or segment
+    tag = style_tag(o, segment, items, products, variants)
+    if tag is not None and f"{base}.{tag}" in set(variants or []):
+        return f"payment_reminder/{base}.{tag}"
+    return f"payment_reminder/{base}"
 
 
 # ------------------------------------------------------------------------------ §4 reminders
@@ -392,10 +420,12 @@ def reminder_decisions(T, shops, orders, items, products, customers, suppression
             decision = "wait"
         else:
             decision = "skip"
+        variant = experiment_variant(o, segment, channel, shop)
         out.append({
             "as_of": T, "shop_id": o["shop_id"], "order_id": o["order_id"], "customer_id": cid,
             "segment": segment, "decision": decision, "reason": reason, "channel": channel,
-            "send_at": s, "template": template_for(o, segment, items, products, variants),
+            "send_at": s, "template": template_for(o, segment, items, products, variants, variant),
+            "variant": variant,
         })
     return out
 

@@ -4,9 +4,10 @@ One history, built through the real parts: the demo generator's drops ingested i
 (a later T, older T of a backfill, the same T again after a dispatch), dispatches to a real gateway and SMTP
 server (some messages failing, then retried), call outcomes imported, a payment-reminder call marked made,
 and T passing the platform's auto-close. After every plan that refreshed the marts, every row of
-marts.feedback_summary and marts.reminder_effect must equal the whole models (marts/feedback_summary.sql,
-marts/reminder_effect.sql) at that T; at the end the state the incremental refresh keeps must equal the state
-a rebuild makes."""
+marts.feedback_summary, marts.reminder_effect_segments and marts.reminder_variants must equal the whole models
+(marts/feedback_summary.sql, marts/reminder_effect_segments.sql, marts/reminder_variants.sql) at that T, and the
+view marts.reminder_effect the whole model's day totals; at the end the state the incremental refresh keeps must
+equal the state a rebuild makes."""
 
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ from transforms.outcomes import import_file
 from transforms.plan import REPORT_STATE, plan, refresh_reports
 
 ANCHOR = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
-KEYS = {"feedback_summary": "shop_id, period, period_start", "reminder_effect": "shop_id, day"}
+KEYS = {"feedback_summary": "shop_id, period, period_start",
+        "reminder_effect_segments": "shop_id, day, segment, channel",
+        "reminder_variants": "shop_id, day, segment, variant"}
+# the view marts.reminder_effect: one row per shop and day, reminder_effect_segments' day totals
+DAY_TOTALS = "segment = 'all' AND channel = 'all'"
 STATE_KEYS = {"ops.feedback_latest": "shop_id, period, period_start", "ops.feedback_tasks": "shop_id, period, period_start, order_id", "ops.effect_reminders": "shop_id, order_id",
               "ops.effect_holdouts": "shop_id, order_id", "ops.effect_rows": "grp, shop_id, order_id"}
 
@@ -38,16 +43,22 @@ def marts(con) -> dict[str, list[tuple]]:
     for name, key in KEYS.items():
         cols = ", ".join(r[0] for r in con.execute(f"DESCRIBE marts.{name}").fetchall())
         out[name] = con.execute(f"SELECT {cols} FROM marts.{name} ORDER BY {key}").fetchall()
+    cols = ", ".join(r[0] for r in con.execute("DESCRIBE marts.reminder_effect").fetchall())
+    out["reminder_effect"] = con.execute(f"SELECT {cols} FROM marts.reminder_effect ORDER BY shop_id, day").fetchall()
     return out
 
 
 def whole(con, at: datetime) -> dict[str, list[tuple]]:
-    """The two marts as the whole models compute them at T, without writing anything."""
+    """The marts as the whole models compute them at T, without writing anything."""
     out = {}
     for name, key in KEYS.items():
         cols = ", ".join(r[0] for r in con.execute(f"DESCRIBE marts.{name}").fetchall())
         out[name] = con.execute(f"SELECT {cols} FROM ({sql_text(f'marts/{name}.sql')}) ORDER BY {key}",
                                 {"as_of": at}).fetchall()
+    cols = ", ".join(r[0] for r in con.execute("DESCRIBE marts.reminder_effect").fetchall())
+    out["reminder_effect"] = con.execute(
+        f"SELECT {cols} FROM ({sql_text('marts/reminder_effect_segments.sql')}) WHERE {DAY_TOTALS} "
+        "ORDER BY shop_id, day", {"as_of": at}).fetchall()
     return out
 
 
@@ -116,9 +127,12 @@ def test_incremental_refreshes_equal_a_rebuild_at_every_t(tmp_path, servers, mon
     text = demo.config_path.read_text(encoding="utf-8")
     text = text.replace('webhook_url = "http://127.0.0.1:8080/send"', f'webhook_url = "{gw.url}"\nbackoff_seconds = 0.01')
     text = text.replace("port = 1025", f"port = {smtp.port}")
-    # a control group, so that reminder_effect has held-out orders too
-    config.write_text(text.replace('strategy = "cutoff"', 'strategy = "cutoff"\nholdout_rate = 0.2')
-                          .replace('strategy = "delay"', 'strategy = "delay"\nholdout_rate = 0.2'), encoding="utf-8")
+    # a control group, so that reminder_effect has held-out orders too, and template experiments (reminder_variants)
+    experiment = '\n\n[shops.experiments]\npayment_reminder.repeat = {{ variants = ["repeat", "repeat.gift"]{} }}'
+    config.write_text(text.replace('strategy = "cutoff"', 'strategy = "cutoff"\nholdout_rate = 0.2'
+                                   + experiment.format(", weights = [0.3, 0.7]"))
+                          .replace('strategy = "delay"', 'strategy = "delay"\nholdout_rate = 0.2' + experiment.format("")),
+                      encoding="utf-8")
     settings = load_settings(config)
     con = connect(tmp_path / "crm.duckdb")
     sync_shops(con, settings)
@@ -206,6 +220,7 @@ def test_incremental_refreshes_equal_a_rebuild_at_every_t(tmp_path, servers, mon
     got = con.execute("SELECT sum(orders_reminded), sum(orders_held_out), sum(reminders_not_made) "
                       "FROM marts.reminder_effect").fetchone()
     assert all(n > 0 for n in got), f"the history has reminded, held-out and unmade reminders: {got}"
+    assert con.execute("SELECT count(DISTINCT variant) FROM marts.reminder_variants").fetchone()[0] == 2
     assert con.execute("SELECT sum(calls_attempted), sum(sms_sent) FROM marts.feedback_summary "
                        "WHERE period = 'day'").fetchone()[0] > 0
 

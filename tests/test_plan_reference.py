@@ -46,7 +46,8 @@ MIN = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
-VARIANTS = ["new.cute", "new.gift", "repeat.gift", "second.retro", "repeat.minimal", "second.cute"]
+VARIANTS = ["new.cute", "new.gift", "repeat.gift", "second.retro", "repeat.minimal", "second.cute",
+            "new.short.cute", "repeat.short.gift", "repeat.b.minimal"]
 
 # (seed, T, overrides of the seeded shop options). The times: inside Shanghai's cut-off window; on the
 # New York fall-back night (01:30 EST, the second 01:30, inside NY quiet hours, inside a visit window
@@ -81,7 +82,8 @@ CASES = [
 ]
 CASE_IDS = [f"seed{s}-{t:%Y%m%dT%H%MZ}" for s, t, _o in CASES]
 
-DECISION_COLS = ["as_of", "shop_id", "customer_id", "segment", "decision", "reason", "channel", "send_at", "template"]
+DECISION_COLS = ["as_of", "shop_id", "customer_id", "segment", "decision", "reason", "channel", "send_at", "template",
+                 "variant"]
 VISIT_COLS = ["as_of", "shop_id", "customer_id", "tier", "rank", "channel", "due_at"]
 SEGMENT_COLS = ["as_of", "paid_orders", "lifetime_value", "last_paid_at", "member_level", "segment"]
 
@@ -141,6 +143,11 @@ def make_shops(rng: random.Random) -> list[dict]:
             "complaint_keywords": ["Slow", "broken", "破", "Not Good"],
         },
     }
+    # template experiments (docs/rules.md §4): weights, equal shares, variants with product tones of their own
+    sa["experiments"] = {"payment_reminder": {"repeat": {"variants": ["repeat", "repeat.short"], "weights": [0.25, 0.75]}}}
+    sb["experiments"] = {"payment_reminder": {"new": {"variants": ["new", "new.short", "new.long"]}}}
+    sc["experiments"] = {"payment_reminder": {"repeat": {"variants": ["repeat.b", "repeat"], "weights": [0.7, 0.3]},
+                                              "second": {"variants": ["second", "second.x"], "weights": [0.1, 0.9]}}}
     return [sa, sb, sc]
 
 
@@ -570,13 +577,14 @@ def test_plan_matches_reference(tmp_path, seed, T, overrides):
 
 def test_generated_data_reaches_every_rule():
     """The data is edge-case dense: across the cases the reference meets every reason, tier and channel."""
-    reasons, tiers, visit_channels, segments, templates = set(), set(), set(), set(), set()
+    reasons, tiers, visit_channels, segments, templates, variants = set(), set(), set(), set(), set(), set()
     for seed, T, overrides in CASES:
         data = generate(seed, T, overrides)
         decisions, visits, segs = reference_outputs(data, T)
         reasons |= {r["reason"] for r in decisions}
         segments |= {r["segment"] for r in decisions}
         templates |= {r["template"] for r in decisions if "." in r["template"]}
+        variants |= {(r["variant"], r["template"]) for r in decisions if r["variant"]}
         tiers |= {r["tier"] for r in visits}
         visit_channels |= {r["channel"] for r in visits}
         assert decisions and visits and segs
@@ -587,3 +595,7 @@ def test_generated_data_reaches_every_rule():
     assert visit_channels >= {"call", "sms", "email", None}, visit_channels
     assert segments == {"new", "second", "repeat"}, segments
     assert templates, "some template variant is chosen"
+    names = {v for v, _t in variants}
+    assert {"repeat.short", "new.short", "new.long", "repeat.b", "second.x"} <= names, names
+    assert {t for _v, t in variants} & {"payment_reminder/new.short.cute", "payment_reminder/repeat.short.gift",
+                                        "payment_reminder/repeat.b.minimal"}, "a variant with its product tone"

@@ -69,7 +69,7 @@ def test_a_retired_shop_is_left_out_and_said_so(db_path):
         assert shops == {"s1": 3, "s2": 3}, "the retired shop's orders are not planned, the others all are"
         # the §8 marts are rebuilt at the newest T without a NULL date for the shop no zone is known for
         assert con.execute("SELECT count(*) FROM marts.feedback_summary WHERE period_start IS NULL").fetchone()[0] == 0
-        assert con.execute("SELECT count(*) FROM marts.reminder_effect WHERE shop_id = 's3'").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM marts.reminder_effect_segments WHERE shop_id = 's3'").fetchone()[0] == 0
     finally:
         con.close()
 

@@ -1,4 +1,5 @@
-"""marts.feedback_summary and marts.reminder_effect (docs/rules.md §8) on given rows, written by the plan."""
+"""marts.feedback_summary and marts.reminder_effect (docs/rules.md §8) on given rows, written by the plan:
+reminder_effect one row per shop and local day, the view of marts.reminder_effect_segments' day totals."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import duckdb
 import pytest
 
 from crm.db import connect
-from planning import MIN, configure, local, message, stage
-from transforms.plan import plan
+from planning import MIN, NY, SH, configure, local, message, stage
+from transforms.plan import REPORTS_VERSION, plan
 
 T = local("2026-11-25 20:00")          # a Wednesday evening in Shanghai
 
@@ -201,8 +202,8 @@ def test_rows_of_a_shop_the_configuration_lacks_are_left_out(shop):
 
 
 def test_a_database_of_the_first_release_gets_the_new_columns(tmp_path):
-    """A file whose two marts have only the first release's columns: connecting adds the new ones, and a plan
-    fills them (INSERT BY NAME)."""
+    """A file whose two marts have only the first release's columns: connecting adds the new ones to
+    feedback_summary and replaces the table reminder_effect by the view, and a plan fills them (INSERT BY NAME)."""
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as old:
         old.execute("CREATE SCHEMA marts")
@@ -225,6 +226,93 @@ def test_a_database_of_the_first_release_gets_the_new_columns(tmp_path):
         assert con.execute("SELECT sms_planned, calls_planned FROM marts.feedback_summary "
                            "WHERE period = 'day'").fetchall() == [(1, 0)]
         assert con.execute("SELECT orders_reminded, reminders_not_made FROM marts.reminder_effect").fetchall() == [(0, 1)]
+    finally:
+        con.close()
+
+
+def effect_columns(con, table: str) -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE marts.{table}").fetchall()]
+
+
+def test_reminder_effect_is_one_row_per_shop_and_day(con):
+    """marts.reminder_effect holds one row per shop and local day whatever the segments and channels: the day
+    totals of reminder_effect_segments (segment and channel 'all') with every other column, so summing it counts
+    each order once; reminder_effect_segments holds the rows per segment and channel beside them."""
+    configure(con, shops=[{"shop_id": "s1", "reminders": {"holdout_rate": 0.0}},
+                          {"shop_id": "s2", "timezone": "America/New_York", "reminders": {"holdout_rate": 0.0}}])
+    stage(con, "customers", {"customer_id": "c1"})
+    day1, day2, ny = local("2026-11-23 10:00"), local("2026-11-24 10:00"), local("2026-11-23 10:00", NY)
+    # (shop, order, created, channel, status, segment): every reminder made
+    reminded = [("s1", "a1", day1, "sms", "sent", "new"), ("s1", "a2", day1, "sms", "sent", "new"),
+                ("s1", "b1", day1, "call", "done", "repeat"), ("s1", "c1", day2, "sms", "sent", "new"),
+                ("s1", "c2", day2, "email", "sent", "second"), ("s2", "d1", ny, "email", "sent", "second")]
+    for shop_id, order_id, created, channel, status, segment in reminded:
+        stage(con, "orders", {"order_id": order_id, "shop_id": shop_id, "created_at": created,
+                              "paid_at": created + 60 * MIN})
+        message(con, f"payment_reminder:{order_id}", "payment_reminder", order_id, created + 15 * MIN,
+                shop_id=shop_id, channel=channel, status=status)
+        con.execute("UPDATE ops.messages SET customer_segment = ? WHERE message_id = ?",
+                    [segment, f"payment_reminder:{order_id}"])
+    stage(con, "orders", {"order_id": "h1", "created_at": day1, "closed_at": day1 + 300 * MIN})
+    holdout(con, "h1", day1 + 20 * MIN)                                   # segment 'new', no channel: 'unknown'
+    plan(con, T)
+
+    zones = {"s1": SH, "s2": NY}
+    days = {(shop_id, created.astimezone(zones[shop_id]).date()) for shop_id, _, created, *_ in reminded}
+    groups = {(shop_id, created.astimezone(zones[shop_id]).date(), segment, channel)
+              for shop_id, _, created, channel, _, segment in reminded} | {("s1", day1.astimezone(SH).date(), "new", "unknown")}
+    per_day = con.execute("SELECT shop_id, day, count(*) FROM marts.reminder_effect GROUP BY ALL").fetchall()
+    assert {(s, d) for s, d, _ in per_day} == days and all(n == 1 for *_, n in per_day)
+    assert set(con.execute("SELECT shop_id, day, segment, channel FROM marts.reminder_effect_segments "
+                           "WHERE segment <> 'all'").fetchall()) == groups
+    # the view's columns: the segments table's but segment and channel, among them the lift's
+    columns = effect_columns(con, "reminder_effect")
+    assert columns == [c for c in effect_columns(con, "reminder_effect_segments") if c not in ("segment", "channel")]
+    assert {"orders_reminded", "recovered_amount", "orders_held_out", "lift", "lift_low", "effect_status"} <= set(columns)
+    assert con.execute("SELECT * FROM marts.reminder_effect ORDER BY shop_id, day").fetchall() == con.execute(
+        f"SELECT {', '.join(columns)} FROM marts.reminder_effect_segments WHERE segment = 'all' AND channel = 'all' "
+        "ORDER BY shop_id, day").fetchall()
+    # summed over the view, each order counts once
+    assert con.execute("SELECT sum(orders_reminded), sum(reminded_paid_before_close), sum(orders_held_out) "
+                       "FROM marts.reminder_effect").fetchone() == (len(reminded), len(reminded), 1)
+
+
+def test_a_database_whose_reminder_effect_is_a_table_gets_the_view(tmp_path):
+    """A file from before the view: marts.reminder_effect a table holding the day totals and the rows per segment and
+    channel, and the refresh's state as of its T. Connecting replaces the table by the view; the next plan, with
+    nothing changed since, rebuilds reminder_effect_segments whole (a new REPORTS_VERSION) and so fills the view."""
+    path = tmp_path / "old.duckdb"
+    con = connect(path)
+    configure(con, reminders={"holdout_rate": 0.0})
+    stage(con, "customers", {"customer_id": "c1"})
+    day = local("2026-11-24 10:00")
+    stage(con, "orders", {"order_id": "won", "created_at": day, "paid_at": day + 60 * MIN},
+          {"order_id": "lost", "created_at": day, "closed_at": day + 300 * MIN},
+          {"order_id": "ctl", "created_at": day, "paid_at": day + 30 * MIN})
+    message(con, "payment_reminder:won", "payment_reminder", "won", day + 15 * MIN)
+    message(con, "payment_reminder:lost", "payment_reminder", "lost", day + 15 * MIN, channel="call", status="done")
+    holdout(con, "ctl", day + 20 * MIN)
+    plan(con, T)
+    before = con.execute("SELECT * EXCLUDE (as_of) FROM marts.reminder_effect ORDER BY day").fetchall()
+    assert len(before) == 1
+    # the file as the previous version left it (every outcome known: an incremental refresh would change nothing)
+    con.execute("DROP VIEW marts.reminder_effect")
+    con.execute("CREATE TABLE marts.reminder_effect AS SELECT * FROM marts.reminder_effect_segments")
+    con.execute("DROP TABLE marts.reminder_effect_segments")
+    con.execute("UPDATE ops.report_state SET shops_key = replace(shops_key, ?, 'effect-2')", [REPORTS_VERSION])
+    assert con.execute("SELECT shops_key LIKE 'effect-2:%' FROM ops.report_state").fetchone() == (True,)
+    con.close()
+
+    con = connect(path)
+    try:
+        assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = 'marts' "
+                           "AND table_name = 'reminder_effect'").fetchone() == ("VIEW",)
+        assert con.execute("SELECT count(*) FROM marts.reminder_effect").fetchone()[0] == 0
+        configure(con, reminders={"holdout_rate": 0.0})                  # the same shops, as every session does
+        assert plan(con, T + MIN).reports == "full"
+        assert con.execute("SELECT * EXCLUDE (as_of) FROM marts.reminder_effect ORDER BY day").fetchall() == before
+        assert con.execute("SELECT DISTINCT as_of FROM marts.reminder_effect").fetchall() == [(T + MIN,)]
+        assert con.execute("SELECT count(*) FROM marts.reminder_effect_segments WHERE segment <> 'all'").fetchone()[0] > 0
     finally:
         con.close()
 

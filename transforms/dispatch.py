@@ -126,7 +126,7 @@ def render_all(frame: pl.DataFrame, renderer: Renderer) -> pl.DataFrame:
 def write_outbox(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, as_of: datetime) -> int:
     """All new messages, queued, in one transaction; a message_id already there is left alone."""
     optional = {"expires_at": pl.Datetime("us", "UTC"), "tier": pl.String, "rank": pl.Int64, "rating": pl.Int32,
-                "review_text": pl.String}
+                "review_text": pl.String, "customer_segment": pl.String, "variant": pl.String}
     frame = frame.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in optional.items() if c not in frame.columns)
     rows = frame.select("message_id", "purpose", "shop_id", "order_id", "customer_id", "channel", "recipient",
                         "body", "template", "created_at", "segments", *optional)
@@ -136,9 +136,10 @@ def write_outbox(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, as_of: dat
             con.execute(
                 "INSERT INTO ops.messages (message_id, purpose, shop_id, order_id, customer_id, channel, recipient, "
                 "body, status, attempts, created_at, template, as_of, segments, expires_at, tier, rank, rating, "
-                "review_text) "
+                "review_text, customer_segment, variant) "
                 "SELECT message_id, purpose, shop_id, order_id, customer_id, channel, recipient, body, 'queued', 0, "
-                "created_at, template, ?, segments, expires_at, tier, rank, rating, review_text FROM _new_messages "
+                "created_at, template, ?, segments, expires_at, tier, rank, rating, review_text, customer_segment, "
+                "variant FROM _new_messages "
                 "ON CONFLICT (message_id) DO NOTHING",
                 [as_of],
             )

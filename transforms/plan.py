@@ -3,8 +3,9 @@
 The models under sql/intermediate and sql/marts are materialised in order as temp tables, with T bound
 as ``$as_of`` (never the wall clock). Then, in one transaction, the marts' rows for T are replaced
 (``DELETE ... WHERE as_of = T`` + ``INSERT``); when T is the newest T planned so far, ``customer_segments``
-is brought to T for the customers whose orders changed, and ``feedback_summary`` / ``reminder_effect`` for
-the periods that can have changed (:func:`refresh_reports`). A plan reads only what can matter at T: unpaid
+is brought to T for the customers whose orders changed, and ``feedback_summary`` / ``reminder_effect_segments``
+(whose day totals the view ``reminder_effect`` shows) / ``reminder_variants`` for the periods that can have changed
+(:func:`refresh_reports`). A plan reads only what can matter at T: unpaid
 orders, orders whose follow-up trigger lies inside the widest follow-up horizon, and the order histories of
 those customers.
 """
@@ -31,9 +32,11 @@ INTERMEDIATE = [
     "int_customer_reach",
     "int_reminder_send_times",
     "int_order_style",
+    "int_experiment_arms",
 ]
 MARTS = ["reminder_decisions", "visit_tasks"]
-REPORTS = ["feedback_summary", "reminder_effect"]      # at the newest T, refreshed incrementally
+# at the newest T, refreshed incrementally (marts.reminder_effect: a view of reminder_effect_segments, crm/db.py)
+REPORTS = ["feedback_summary", "reminder_effect_segments", "reminder_variants"]
 
 
 class PlanError(Exception):
@@ -114,13 +117,13 @@ def backfill_times(start: datetime, end: datetime, every: timedelta,
 
 
 def template_variants(root: Path | None = None) -> list[str]:
-    """'segment.tag' for every payment_reminder/<segment>.<tag>.j2 under templates/ (any locale)."""
+    """Every payment_reminder/<name>.<tag>.j2 under templates/ (any locale) as '<name>.<tag>': 'segment.tag' for
+    the product tones of a segment's template, 'variant.tag' for those of an experiment's variant (docs/rules.md §4)."""
     try:
         root = root or asset_dir("templates")
     except FileNotFoundError:
         return []
-    names = {p.name[: -len(".j2")] for p in root.glob("*/payment_reminder/*.*.j2")}
-    return sorted(n for n in names if n.count(".") == 1)
+    return sorted({p.name[: -len(".j2")] for p in root.glob("*/payment_reminder/*.*.j2")})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,9 +251,9 @@ def planned_times(con: duckdb.DuckDBPyConnection, backfill_key: str) -> set[date
 # --------------------------------------------------------------------------------------------------
 # the §8 marts, refreshed incrementally (docs/rules.md §8)
 #
-# feedback_summary and reminder_effect are as of the newest T. Rebuilt whole they read every visit task and
-# decision of history (both hold rows per T), every message and every outcome; instead a plan at a newer T
-# recomputes only the periods that can have changed since the last refresh (ops.report_state, at T0):
+# feedback_summary, reminder_effect_segments and reminder_variants are as of the newest T. Rebuilt whole they read
+# every visit task and decision of history (both hold rows per T), every message and every outcome; instead a plan
+# at a newer T recomputes only the periods that can have changed since the last refresh (ops.report_state, at T0):
 #   - the T planned since (ops.report_pending, noted by every plan): their visit tasks are merged into
 #     ops.feedback_tasks (each order's latest task per period) and their holdouts into ops.effect_holdouts,
 #     and each shop's local day and week of such a T are recomputed. A T planned again once it was counted
@@ -258,13 +261,19 @@ def planned_times(con: duckdb.DuckDBPyConnection, backfill_key: str) -> set[date
 #   - the UTC days whose messages or outcomes changed (ops.report_buckets: a count and a fingerprint per
 #     source, shop and day) and the window (T0, T]: their local days, and the reminders of those days, merged
 #     into ops.effect_reminders (a reminder is never deleted and, once made, stays made);
-#   - in reminder_effect, the orders whose row can differ: reminded or held out anew, still open at T0 (their
-#     outcome may be known at T), or changed by an ingest since; and the days they count on.
-# A rebuild — the first refresh, other shops, zones or auto-close, or fewer reminders than last time — runs
-# the whole models (marts/feedback_summary.sql, marts/reminder_effect.sql) and builds that state anew;
+#   - in reminder_effect_segments and reminder_variants, the orders whose row can differ: reminded, planned or
+#     held out anew, still open at T0 (their outcome may be known at T), or changed by an ingest since; and the
+#     days they count on (both marts' rows of those days, from ops.effect_rows).
+# A rebuild — the first refresh, other shops, zones, auto-close or experiments, a new REPORTS_VERSION, or fewer
+# reminders than last time — runs the whole models (marts/feedback_summary.sql, marts/reminder_effect_segments.sql,
+# marts/reminder_variants.sql) and builds that state anew;
 # tests/test_incremental_marts.py checks that both ways give the same rows.
 
-SHOPS_KEY = ("SELECT coalesce(string_agg(shop_id || '|' || timezone || '|' || coalesce(auto_close_minutes, -1), "
+# what the marts were computed with: the shops, their zones, auto-close times and template experiments (a variant's
+# reference is its experiment's first), and the version of the models' rows (a new version rebuilds them)
+REPORTS_VERSION = "effect-3"      # effect-3: reminder_effect_segments (a table) under the view reminder_effect
+SHOPS_KEY = (f"SELECT '{REPORTS_VERSION}:' || coalesce(string_agg(shop_id || '|' || timezone || '|' "
+             "|| coalesce(auto_close_minutes, -1) || '|' || coalesce(json_extract(config_json, '$.experiments')::VARCHAR, ''), "
              "';' ORDER BY shop_id), '') FROM ops.shops")
 REPORT_STATE = ["ops.feedback_latest", "ops.feedback_tasks", "ops.effect_reminders", "ops.effect_holdouts",
                 "ops.effect_rows"]
@@ -285,6 +294,13 @@ def _temp(con: duckdb.DuckDBPyConnection, name: str, sql: str, params: dict | No
     return con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
 
 
+# a holdout decision the control group counts (marts/effect_holdouts.sql): at or after the order's send time
+COUNTED_HOLDOUT = "{d}.reason = 'holdout' AND coalesce({d}.send_at <= {d}.as_of, true)"
+# what the effect models read of the messages and of the holdout decisions
+EFFECT_MESSAGE_COLUMNS = "purpose, shop_id, order_id, channel, status, created_at, template, customer_segment, variant"
+EFFECT_HOLDOUT_COLUMNS = "as_of, shop_id, order_id, reason, send_at, segment, channel, variant"
+
+
 def note_plan(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     """Before a plan replaces T's rows (in its transaction): note T for the next refresh of the §8 marts and,
     when the marts may count T already (T <= their T), the orders that leave T's visit tasks or holdouts."""
@@ -301,15 +317,16 @@ def note_plan(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
         "(SELECT 1 FROM mart_visit_tasks AS new WHERE new.shop_id = old.shop_id AND new.order_id = old.order_id)")
     con.execute(
         "INSERT INTO ops.report_gone SELECT 'holdout', old.as_of, old.shop_id, old.order_id "
-        f"FROM marts.reminder_decisions AS old WHERE old.as_of = {_ts(as_of)} AND old.reason = 'holdout' "
+        f"FROM marts.reminder_decisions AS old WHERE old.as_of = {_ts(as_of)} AND {COUNTED_HOLDOUT.format(d='old')} "
         "AND NOT EXISTS (SELECT 1 FROM mart_reminder_decisions AS new WHERE new.shop_id = old.shop_id "
-        "AND new.order_id = old.order_id AND new.reason = 'holdout')")
+        f"AND new.order_id = old.order_id AND {COUNTED_HOLDOUT.format(d='new')})")
 
 
 def refresh_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, *, full: bool = False) -> str | None:
-    """Bring marts.feedback_summary and marts.reminder_effect to T, the newest T (inside the plan's transaction):
-    'incremental' (the periods that can have changed), 'full' (rebuilt whole: `full`, the first time, other
-    shops, zones or auto-close, or reminders that went missing), or None when T is older than the marts."""
+    """Bring marts.feedback_summary, reminder_effect_segments and reminder_variants to T, the newest T (inside the
+    plan's transaction): 'incremental' (the periods that can have changed), 'full' (rebuilt whole: `full`, the first
+    time, other shops, zones, auto-close or experiments, a new REPORTS_VERSION, or reminders that went missing),
+    or None when T is older than the marts."""
     state = con.execute("SELECT as_of, last_ingest_id, shops_key FROM ops.report_state").fetchone()
     if state is not None and as_of < state[0]:
         return None
@@ -354,11 +371,11 @@ def _rebuild_reports(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
                 "GROUP BY ALL")
     con.execute("INSERT INTO ops.feedback_tasks SELECT m.* FROM report_merged AS m JOIN ops.feedback_latest AS l ON "
                 + PERIOD_KEYS.format(a="m", b="l") + " WHERE m.as_of < l.as_of")
-    _temp(con, "effect_message_rows", "SELECT purpose, shop_id, order_id, channel, status, created_at "
+    _temp(con, "effect_message_rows", f"SELECT {EFFECT_MESSAGE_COLUMNS} "
           "FROM ops.messages WHERE purpose = 'payment_reminder' AND order_id IS NOT NULL")
     sql = sql_text("marts/effect_reminders.sql")
     con.execute(f"INSERT INTO ops.effect_reminders BY NAME {sql}", _bind(sql, params))
-    _temp(con, "effect_holdout_rows", "SELECT as_of, shop_id, order_id, reason FROM marts.reminder_decisions "
+    _temp(con, "effect_holdout_rows", f"SELECT {EFFECT_HOLDOUT_COLUMNS} FROM marts.reminder_decisions "
           "WHERE reason = 'holdout'")
     sql = sql_text("marts/effect_holdouts.sql")
     con.execute(f"INSERT INTO ops.effect_holdouts BY NAME {sql}", _bind(sql, params))
@@ -513,13 +530,13 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
 
     # reminders: those of the changed days and of the window, merged per order
     changed = con.execute("SELECT min(day), max(day) FROM report_changed WHERE source = 'messages:payment_reminder'").fetchone()
-    rows = [f"SELECT purpose, shop_id, order_id, channel, status, created_at FROM ops.messages "
+    rows = [f"SELECT {EFFECT_MESSAGE_COLUMNS} FROM ops.messages "
             f"WHERE purpose = 'payment_reminder' AND order_id IS NOT NULL AND created_at > {_ts(t0)} "
             f"AND created_at <= {_ts(as_of)}"]
     if changed[0] is not None:
         lo = datetime.combine(changed[0], datetime.min.time(), timezone.utc)
         hi = datetime.combine(changed[1], datetime.min.time(), timezone.utc) + timedelta(days=1)
-        rows.append("SELECT m.purpose, m.shop_id, m.order_id, m.channel, m.status, m.created_at FROM ops.messages AS m "
+        rows.append("SELECT " + ", ".join(f"m.{c}" for c in EFFECT_MESSAGE_COLUMNS.split(", ")) + " FROM ops.messages AS m "
                     "SEMI JOIN (SELECT shop_id, day FROM report_changed WHERE source = 'messages:payment_reminder') AS c "
                     "ON c.shop_id = m.shop_id AND c.day = timezone('UTC', m.created_at)::DATE "
                     f"WHERE m.purpose = 'payment_reminder' AND m.order_id IS NOT NULL "
@@ -528,27 +545,27 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
     if _temp(con, "effect_reminders_new", sql_text("marts/effect_reminders.sql"), params):
         con.execute("DELETE FROM ops.effect_reminders AS r USING effect_reminders_new AS n "
                     "WHERE r.shop_id = n.shop_id AND r.order_id = n.order_id")
-        con.execute("INSERT INTO ops.effect_reminders SELECT * FROM effect_reminders_new")
+        con.execute("INSERT INTO ops.effect_reminders BY NAME SELECT * FROM effect_reminders_new")
 
     # holdouts: those of the pending T's merged per order; an order that left the holdouts of a counted T is
     # looked up again in every decision
-    _temp(con, "effect_holdout_rows", "SELECT as_of, shop_id, order_id, reason FROM marts.reminder_decisions "
+    _temp(con, "effect_holdout_rows", f"SELECT {EFFECT_HOLDOUT_COLUMNS} FROM marts.reminder_decisions "
           f"WHERE reason = 'holdout' AND as_of IN ({_in(pending) or 'NULL'})")
     if _temp(con, "effect_holdouts_new", sql_text("marts/effect_holdouts.sql"), params):
         con.execute("DELETE FROM ops.effect_holdouts AS h USING effect_holdouts_new AS n "
                     "WHERE h.shop_id = n.shop_id AND h.order_id = n.order_id")
-        con.execute("INSERT INTO ops.effect_holdouts SELECT * FROM effect_holdouts_new")
+        con.execute("INSERT INTO ops.effect_holdouts BY NAME SELECT * FROM effect_holdouts_new")
     if _temp(con, "report_gone_holdouts", "SELECT DISTINCT order_id FROM ops.report_gone WHERE kind = 'holdout'"):
         con.execute("DELETE FROM ops.effect_holdouts WHERE order_id IN (SELECT order_id FROM report_gone_holdouts)")
-        _temp(con, "effect_holdout_rows", "SELECT as_of, shop_id, order_id, reason FROM marts.reminder_decisions "
+        _temp(con, "effect_holdout_rows", f"SELECT {EFFECT_HOLDOUT_COLUMNS} FROM marts.reminder_decisions "
               "WHERE reason = 'holdout' AND order_id IN (SELECT order_id FROM report_gone_holdouts)")
         sql = sql_text("marts/effect_holdouts.sql")
         con.execute(f"INSERT INTO ops.effect_holdouts BY NAME {sql}", _bind(sql, params))
 
-    # reminder_effect: the orders whose row can differ, and the days they counted and count on
+    # reminder_effect_segments: the orders whose row can differ, and the days they counted and count on
     scope = ["SELECT order_id FROM effect_reminders_new", "SELECT order_id FROM effect_holdouts_new",
              "SELECT order_id FROM report_gone_holdouts",
-             "SELECT order_id FROM ops.effect_rows WHERE grp <> 'not_made' AND NOT known"]
+             "SELECT order_id FROM ops.effect_rows WHERE NOT known"]
     if i0 < last_ingest:
         scope.append(f"SELECT order_id FROM staging.orders WHERE _ingest_id > {int(i0)} AND (order_id IN "
                      "(SELECT order_id FROM ops.effect_reminders) OR order_id IN (SELECT order_id FROM ops.effect_holdouts))")
@@ -557,11 +574,12 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
               "WHERE order_id IN (SELECT order_id FROM effect_scope)")
         con.execute("DELETE FROM ops.effect_rows WHERE order_id IN (SELECT order_id FROM effect_scope)")
         _temp(con, "effect_rows_new", sql_text("marts/effect_rows.sql"), params)
-        con.execute("INSERT INTO ops.effect_rows SELECT * FROM effect_rows_new")
+        con.execute("INSERT INTO ops.effect_rows BY NAME SELECT * FROM effect_rows_new")
         con.execute("INSERT INTO effect_days SELECT DISTINCT shop_id, day FROM effect_rows_new "
                     "EXCEPT SELECT shop_id, day FROM effect_days")
-        con.execute("DELETE FROM marts.reminder_effect AS e USING effect_days AS d WHERE e.shop_id = d.shop_id AND e.day = d.day")
-        con.execute(f"INSERT INTO marts.reminder_effect BY NAME {sql_text('marts/reminder_effect_days.sql')}", params)
+        for name in ("reminder_effect_segments", "reminder_variants"):
+            con.execute(f"DELETE FROM marts.{name} AS e USING effect_days AS d WHERE e.shop_id = d.shop_id AND e.day = d.day")
+            con.execute(f"INSERT INTO marts.{name} BY NAME {sql_text(f'marts/{name}_days.sql')}", params)
 
     # feedback_summary: the periods of the days above
     lo, hi = con.execute("SELECT min(period_start), max(period_start) FROM report_periods").fetchone()

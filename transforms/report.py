@@ -7,11 +7,11 @@ follow-ups are counted as sent, they cannot reach in the call sense); the remind
 orders whose outcome is known at T (paid, closed or past the platform's auto-close), and "reminded" means a
 reminder that reached the customer's side (a message sent, a call an agent made).
 
-*Gather* reads through a short read-only connection (open, read, close). It runs the two models
-``sql/marts/feedback_summary.sql`` and ``sql/marts/reminder_effect.sql`` as plain queries at T (default
-now), so the report is fresh even when no plan ran since, and takes the shop's row for the period; the
-suggestions and the compensations by type come from the same rows the model counts (each order's latest
-reached outcome in the period). *Render* draws the issue-rate chart with Altair, converts it to SVG
+*Gather* reads through a short read-only connection (open, read, close). It runs the models
+``sql/marts/feedback_summary.sql``, ``sql/marts/reminder_effect_segments.sql`` and ``reminder_variants.sql`` as
+plain queries at T (default now), so the report is fresh even when no plan ran since, and takes the shop's rows
+for the period; the suggestions and the compensations by type come from the same rows the model counts (each
+order's latest reached outcome in the period). *Render* draws the issue-rate chart with Altair, converts it to SVG
 offline with vl-convert and embeds it in ``templates/report/feedback_summary.html.j2`` (autoescaped:
 suggestions are customers' words). *Send* writes the message to ``ops.messages`` as queued, sends it
 over SMTP as HTML with a plain-text part and records sent or failed; its message_id
@@ -87,6 +87,11 @@ class Report:
     held_out_known: int = 0
     held_out_open: int = 0
     held_out_paid: int = 0
+    # the lift (sql/report/effect.sql): the shop's row (segment and channel 'all') first, then one per segment and
+    # channel; the template experiments' variants (sql/report/variants.sql); the too-small rule's minimum
+    effect: list[dict] = field(default_factory=list)
+    variants: list[dict] = field(default_factory=list)
+    min_known: int = 30
     # what the receipts said: channel -> {sent, delivered, undelivered, no_receipt}; opt-out replies received
     delivery: dict[str, dict[str, int]] = field(default_factory=dict)
     opt_outs: int = 0
@@ -271,7 +276,8 @@ def gather(db: str | Path, settings, shop_id: str, period: str = "week", day: st
 # feedback_summary's columns the report shows (Report fields of the same name)
 _SUMMARY = ("visits_planned", "calls_planned", "sms_planned", "email_planned", "no_channel_planned",
             "calls_attempted", "reached", "sms_sent", "email_sent")
-# Report field -> reminder_effect column, summed over the period's days
+# Report field -> reminder_effect_segments column, summed over the period's days (its rows with segment and
+# channel 'all': the day's totals)
 _EFFECT = {"reminded": "orders_reminded", "reminded_known": "orders_reminded_known",
            "reminded_open": "orders_reminded_open", "reminded_paid": "reminded_paid_before_close",
            "reminders_not_made": "reminders_not_made", "held_out": "orders_held_out",
@@ -300,20 +306,48 @@ def _read(con: duckdb.DuckDBPyConnection, r: Report) -> None:
         if compensation != "none":
             kinds[compensation] = kinds.get(compensation, 0) + 1
     r.compensation_types = dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    # the reminders' effect: the two models at T, this shop's days of the period, summed (the shop's rows: segment
+    # and channel 'all') and with the lift per segment and channel (sql/report/effect.sql, variants.sql)
+    period = {"shop": r.shop_id, "start": r.start, "end": r.end}
+    effect_rows(con, {"as_of": r.as_of, **period}, marts=False)
     sums = ", ".join(f"coalesce(sum({column}), 0)::BIGINT" for column in _EFFECT.values())
     effect = con.execute(
-        f"SELECT {sums}, coalesce(sum(recovered_amount), 0)::DECIMAL(18, 2) "
-        f"FROM ({sql_text('marts/reminder_effect.sql')}) AS m WHERE shop_id = $shop AND day BETWEEN $start AND $end",
-        where,
+        f"SELECT {sums}, coalesce(sum(recovered_amount), 0)::DECIMAL(18, 2) FROM effect_period_rows "
+        "WHERE shop_id = $shop AND day BETWEEN $start AND $end AND segment = 'all' AND channel = 'all'", period,
     ).fetchone()
     for name, value in zip(_EFFECT, effect):
         setattr(r, name, value)
     r.recovered_amount = effect[-1]
+    r.effect, r.variants, r.min_known = effect_tables(con, period)
     cursor = con.execute(sql_text("report/delivery.sql"), where)
     cols = [d[0] for d in cursor.description]
     r.delivery = {row[0]: dict(zip(cols[1:], row[1:])) for row in cursor.fetchall()}
     r.opt_outs = con.execute(sql_text("report/opt_outs.sql"), where).fetchone()[0]
 
+
+
+def effect_rows(con: duckdb.DuckDBPyConnection, params: dict, *, marts: bool) -> None:
+    """The temp tables sql/report/effect.sql and variants.sql read: the rows of marts.reminder_effect_segments and
+    marts.reminder_variants (`marts`: as the last plan wrote them), or of their models at T (params['as_of']),
+    for the shop and days in params (None: all)."""
+    where = ("WHERE shop_id = coalesce($shop, shop_id) AND day >= coalesce($start::DATE, day) "
+             "AND day <= coalesce($end::DATE, day)")
+    for table, name in (("effect_period_rows", "reminder_effect_segments"),
+                        ("variant_period_rows", "reminder_variants")):
+        source = f"marts.{name}" if marts else f"({sql_text(f'marts/{name}.sql')})"
+        sql = f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {source} AS m {where}"
+        con.execute(sql, {k: params.get(k) for k in ("as_of", "shop", "start", "end") if f"${k}" in sql})
+
+
+def effect_tables(con: duckdb.DuckDBPyConnection, params: dict) -> tuple[list[dict], list[dict], int]:
+    """The lift per shop, segment and channel and the variants compared, over the rows effect_rows gathered for the
+    shop and days in params (None: all); and the too-small rule's minimum of known outcomes per group."""
+    out = []
+    for name in ("report/effect.sql", "report/variants.sql"):
+        cursor = con.execute(sql_text(name), {k: params.get(k) for k in ("shop", "start", "end")})
+        cols = [d[0] for d in cursor.description]
+        out.append([dict(zip(cols, row)) for row in cursor.fetchall()])
+    return out[0], out[1], con.execute("SELECT crm_effect_min_known()").fetchone()[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,6 +406,49 @@ def _environment():
     return env
 
 
+BAR_WIDTH, BAR_PAD = 220, 8          # an error bar's SVG: its width and the room left at each end (px)
+
+
+def _bar(low: float, mid: float, high: float, lo: float, hi: float) -> dict:
+    """An error bar's x positions on [lo, hi] drawn across BAR_WIDTH px: the interval, the estimate, zero."""
+    x = lambda v: round(BAR_PAD + (min(max(v, lo), hi) - lo) / (hi - lo) * (BAR_WIDTH - 2 * BAR_PAD), 1)  # noqa: E731
+    return {"low": x(low), "mid": x(mid), "high": x(high), "zero": x(0.0), "width": BAR_WIDTH}
+
+
+def effect_context(report: Report) -> dict:
+    """The effect section: the shop's lift, one row per segment and channel, and the experiments' variants, each
+    with its error bar (the lifts on one scale, symmetric about zero; the variants' paid rates on 0 to 100 %)."""
+    t = labels(report.locale)
+    rows = report.effect or [{"segment": "all", "channel": "all", "effect_status": "too_small",
+                              "orders_assigned_known": 0, "orders_held_out_known": 0, "assigned_paid_rate": None,
+                              "held_out_paid_rate": None, "lift": None, "lift_low": None, "lift_high": None,
+                              "implied_recovered_amount": None, "implied_recovered_low": None,
+                              "implied_recovered_high": None, "orders_assigned_open": 0, "orders_held_out_open": 0}]
+    ok = [r for r in rows if r["effect_status"] == "ok"]
+    span = max([0.05] + [abs(r[k]) for r in ok for k in ("lift_low", "lift_high")])
+    span = min(1.0, -(-span * 20 // 1) / 20)                 # up to the next 5 points
+    items = []
+    for r in rows:
+        segment = t["segments"].get(r["segment"], r["segment"])
+        label = segment if r["channel"] == "all" else f"{segment} · {t['channels'].get(r['channel'], r['channel'])}"
+        key = "all" if r["segment"] == "all" else f"{r['segment']}_{r['channel']}"
+        bar = _bar(r["lift_low"], r["lift"], r["lift_high"], -span, span) if r["effect_status"] == "ok" else None
+        items.append({**r, "label": label, "key": key, "bar": bar})
+    experiments: dict[str, list] = {}
+    for v in report.variants:
+        bar = (_bar(v["paid_rate_low"], v["paid_rate"], v["paid_rate_high"], 0.0, 1.0)
+               if v["paid_rate"] is not None else None)
+        experiments.setdefault(v["segment"], []).append({**v, "bar": bar, "key": f"{v['segment']}_{v['variant']}"})
+    return {
+        "shop": items[0] if items[0]["segment"] == "all" else None,
+        "rows": [i for i in items if i["segment"] != "all"],
+        "span": span,
+        "experiments": [{"segment": seg, "label": t["segments"].get(seg, seg), "variants": vs}
+                        for seg, vs in experiments.items()],
+        "not_enough": t["not_enough"].format(min=report.min_known),
+    }
+
+
 def period_label(report: Report) -> str:
     t = labels(report.locale)
     iso = report.start.isocalendar()
@@ -417,6 +494,7 @@ def render(report: Report, svg: str | None = None) -> str:
         "effect_counted": t["effect_counted"].format(as_of=f"{report.as_of.astimezone(tz):%Y-%m-%d %H:%M}"),
         "effect_open": t["effect_open"].format(reminded=report.reminded_open, held_out=report.held_out_open),
         "effect_not_made": t["effect_not_made"].format(not_made=report.reminders_not_made),
+        "lift": effect_context(report),
         # what the receipts said, per channel, and the opt-outs customers replied
         "delivery": [{"key": c, "label": t["channels"].get(c, c), **d, "rate": report.delivery_rate(c)}
                      for c, d in report.delivery.items()],
@@ -509,3 +587,45 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
     log.info("%s to %s: %s after %d attempt(s)", msg["message_id"], masked, outcome.status, outcome.attempts)
     return Sent(msg["message_id"], outcome.status, masked, outcome.attempts, outcome.sent_at, outcome.error)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# `crm effect`: the same tables from the marts, in the terminal
+
+
+def parse_day(text: str | None, option: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise ReportError(f"{option} {text!r} is not a date YYYY-MM-DD (e.g. 2026-11-24)") from None
+
+
+def effect_summary(db: str | Path, settings, *, shop: str | None = None, start: str | None = None,
+                   end: str | None = None) -> dict:
+    """The lift per shop, segment and channel and the variants compared over the local days [start, end] (None:
+    every day), from marts.reminder_effect_segments and marts.reminder_variants as the newest plan wrote them
+    (read-only, short): {'as_of', 'shops', 'effect', 'variants', 'min_known'}."""
+    shops = select_shops(settings, shop)
+    first, last = parse_day(start, "--from"), parse_day(end, "--to")
+    if first and last and last < first:
+        raise ReportError(f"--to {last} is before --from {first}")
+    try:
+        con = connect(db, read_only=True)
+    except FileNotFoundError as e:
+        raise ReportError(str(e)) from None
+    except duckdb.Error as e:
+        raise ReportError(f"{db}: cannot be opened as a database: {str(e).splitlines()[0]}") from None
+    with closing(con):
+        try:
+            as_of = con.execute("SELECT max(as_of) FROM marts.reminder_effect_segments").fetchone()[0]
+            effect_rows(con, {"shop": shop, "start": first, "end": last}, marts=True)
+            effect, variants, min_known = effect_tables(con, {"shop": shop, "start": first, "end": last})
+        except (duckdb.CatalogException, duckdb.BinderException) as e:
+            raise ReportError(f"{db}: the effect marts are not there yet or from an older version "
+                              f"({str(e).splitlines()[0]}): run `crm plan` first") from None
+    known = {s.shop_id for s in shops}
+    return {"as_of": as_of, "shops": [s.shop_id for s in shops], "start": first, "end": last,
+            "effect": [r for r in effect if r["shop_id"] in known],
+            "variants": [v for v in variants if v["shop_id"] in known], "min_known": min_known}

@@ -10,6 +10,7 @@ with reminders as (
     select
         'payment_reminder' as purpose, shop_id, order_id, customer_id, channel,
         case when channel = 'call' then 'call_script/payment_reminder' else template end as template,
+        segment as customer_segment, variant,
         NULL::VARCHAR as tier, NULL::BIGINT as rank, NULL::INTEGER as rating, NULL::VARCHAR as review_text
     from mart_reminder_decisions
     where decision = 'remind'
@@ -19,6 +20,7 @@ followups as (
     select
         'followup' as purpose, shop_id, order_id, customer_id, channel,
         case when channel = 'call' then 'call_script/followup' else 'followup/' || channel end as template,
+        NULL::VARCHAR as customer_segment, NULL::VARCHAR as variant,
         tier, rank, rating, review_text
     from mart_visit_tasks
     where channel = 'call' or (channel in ('sms', 'email') and due_at <= $as_of::TIMESTAMPTZ)
@@ -59,6 +61,8 @@ final as (
         case new_messages.channel when 'email' then reach.email when 'call' then reach.phone else reach.phone end
                                                                               as recipient,
         new_messages.template,
+        -- a reminder's segment and template experiment variant, kept on the message (docs/rules.md §8)
+        new_messages.customer_segment, new_messages.variant,
         $as_of::TIMESTAMPTZ                                                   as created_at,
         -- still worth sending until: a reminder its order's deadline, an automatic follow-up the end of
         -- D (its due day); a follow-up call has no end (agents call back later)

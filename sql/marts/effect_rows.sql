@@ -1,10 +1,11 @@
--- effect_rows: what each order of effect_scope counts for in reminder_effect (docs/rules.md §8) as of T — the
--- rows marts/reminder_effect.sql groups, kept in ops.effect_rows so that a refresh recomputes only the orders
--- that can have changed (transforms/plan.py refresh_reports). One row per group, shop and order:
+-- effect_rows: what each order of effect_scope counts for in reminder_effect_segments (docs/rules.md §8) as of T —
+-- the rows marts/reminder_effect_segments.sql groups, kept in ops.effect_rows so that a refresh recomputes only the
+-- orders that can have changed (transforms/plan.py refresh_reports). One row per group, shop and order:
 --   reminded / not_made: from its reminders (ops.effect_reminders), on the day of the first one made, else of
---   the first one; held_out: its first holdout decision (ops.effect_holdouts), when none of the order's
---   reminders was made. With its outcome at T: known (paid, closed or past auto-close), paid before closing,
---   the amount; an order missing from staging.orders counts as still open, a reminder not made as neither.
+--   the first one; held_out: its first holdout decision at or after its send time (ops.effect_holdouts), when
+--   the order has no payment reminder at all. With its outcome at T: known (paid, closed or past auto-close),
+--   paid before closing, the amount (an order missing from staging.orders counts as still open); and its
+--   segment, channel ('unknown' when not recorded) and template experiment variant.
 with scope as (
     select distinct order_id from effect_scope
 ),
@@ -17,7 +18,7 @@ held_out as (
     select h.*
     from ops.effect_holdouts as h
     semi join scope using (order_id)
-    where not exists (select 1 from reminded_orders as r where r.order_id = h.order_id and r.made)
+    where not exists (select 1 from reminded_orders as r where r.order_id = h.order_id)
 ),
 
 outcomes as (
@@ -39,13 +40,15 @@ final as (
     select
         case when r.made then 'reminded' else 'not_made' end                      as grp,
         r.shop_id, r.order_id, coalesce(r.made_day, r.first_day)                   as day,
-        r.made and coalesce(o.known, false)                                        as known,
-        r.made and coalesce(o.paid_before_close, false)                            as paid,
-        case when r.made then o.total_amount end                                   as total_amount
+        coalesce(o.known, false)                                                   as known,
+        coalesce(o.paid_before_close, false)                                       as paid,
+        o.total_amount,
+        coalesce(r.segment, 'unknown') as segment, coalesce(r.channel, 'unknown') as channel, r.variant
     from reminded_orders as r left join outcomes as o using (order_id)
     union all
     select 'held_out', h.shop_id, h.order_id, h.first_day, coalesce(o.known, false),
-           coalesce(o.paid_before_close, false), o.total_amount
+           coalesce(o.paid_before_close, false), o.total_amount,
+           coalesce(h.segment, 'unknown'), coalesce(h.channel, 'unknown'), h.variant
     from held_out as h left join outcomes as o using (order_id)
 )
 

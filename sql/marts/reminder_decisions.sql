@@ -19,6 +19,10 @@
 --   12 wait (decision wait)   send time > T, or T inside quiet hours
 --    - remind                 otherwise (reason NULL)
 -- ops.messages is read as it was at T: only messages created <= T count.
+-- Template: payment_reminder/<segment>, or in a template experiment of the shop for the segment
+-- ([shops.experiments], int_experiment_arms) the order's variant, hash01('variant:' || order_id) against the
+-- variants' cumulative weights (on every row, wait and skip included; none on the channel call, which uses the
+-- call script); then the product tone: <template>.<style_tag> where that template exists ($variants).
 with unpaid as (
     select * from int_unpaid_orders
 ),
@@ -34,6 +38,15 @@ reminders_sent as (
     select * from reminders_made where status <> 'failed'
 ),
 
+experiment_variants as (
+    -- the order's variant in its shop's experiment for its segment, if there is one (the hash only for those)
+    select unpaid.order_id, arms.variant
+    from unpaid
+    join int_order_segments as segments using (order_id)
+    join int_experiment_arms as arms on arms.shop_id = unpaid.shop_id and arms.segment = segments.segment
+    where hash01('variant:' || unpaid.order_id) >= arms.lo and hash01('variant:' || unpaid.order_id) < arms.hi
+),
+
 facts as (
     select
         unpaid.*,
@@ -42,7 +55,7 @@ facts as (
         segments.segment, segments.prior_purchases,
         send.deadline, send.send_at,
         reach.opted_out, reach.phone, reach.email, reach.suppressed_sms, reach.suppressed_email, reach.suppressed_call,
-        style.style_tag,
+        style.style_tag, variants.variant as experiment_variant,
         case segments.segment when 'new' then clock.channel_new
                               when 'second' then clock.channel_second
                               else clock.channel_repeat end                        as channel,
@@ -71,6 +84,7 @@ facts as (
     join int_reminder_send_times as send using (order_id)
     join int_customer_reach as reach using (customer_id)
     left join int_order_style as style using (order_id)
+    left join experiment_variants as variants using (order_id)
 ),
 
 reasoned as (
@@ -91,7 +105,8 @@ reasoned as (
               or (channel = 'email' and (email is null or suppressed_email)) then 'unreachable'
             when hash01('holdout:' || order_id) < holdout_rate              then 'holdout'
             when send_at > as_of or now_in_quiet                            then 'wait'
-        end as reason
+        end as reason,
+        case when channel <> 'call' then experiment_variant end             as variant
     from facts
 ),
 
@@ -105,7 +120,10 @@ final as (
         reason,
         channel,
         send_at,
-        'payment_reminder/' || segment || coalesce('.' || style_tag, '')                         as template,
+        'payment_reminder/' || coalesce(variant, segment)
+            || case when list_contains($variants::VARCHAR[], coalesce(variant, segment) || '.' || style_tag)
+                    then '.' || style_tag else '' end                                            as template,
+        variant,
         -- context
         created_at, deadline, prior_purchases, total_amount, platform, style_tag
     from reasoned

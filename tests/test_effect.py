@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import date, timedelta
+from datetime import date, timedelta, timezone
 from decimal import Decimal
 from statistics import NormalDist
 
@@ -403,6 +403,15 @@ def test_crm_effect_answers_bad_input_in_one_line(tmp_path):
         assert (done.returncode, done.stderr.strip().splitlines()[0][: len(line)]) == (2, line), done.stderr
     done = crm("--db", str(db), "--config", str(settings_file), "effect")
     assert done.returncode == 0 and "not enough data yet" in done.stdout, done.stdout + done.stderr
+    assert "as of no plan yet" in done.stdout
+    # after a plan that reminded nobody, the table is as of that plan's T (not "no plan yet")
+    con = connect(db)
+    sync_shops(con, load_settings(settings_file))
+    plan(con, LATER)
+    con.close()
+    done = crm("--db", str(db), "--config", str(settings_file), "effect")
+    assert done.returncode == 0, done.stderr
+    assert f"as of {LATER.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC" in done.stdout, done.stdout
 
 
 def test_a_variant_without_its_template_stops_the_dispatch_in_one_line(experiment):

@@ -619,7 +619,9 @@ def effect_summary(db: str | Path, settings, *, shop: str | None = None, start: 
         raise ReportError(f"{db}: cannot be opened as a database: {str(e).splitlines()[0]}") from None
     with closing(con):
         try:
-            as_of = con.execute("SELECT max(as_of) FROM marts.reminder_effect_segments").fetchone()[0]
+            # the T the §8 marts are as of (the newest plan's), also when they hold no row yet
+            as_of = con.execute("SELECT coalesce((SELECT max(as_of) FROM ops.report_state), "
+                                "(SELECT max(as_of) FROM marts.reminder_effect_segments))").fetchone()[0]
             effect_rows(con, {"shop": shop, "start": first, "end": last}, marts=True)
             effect, variants, min_known = effect_tables(con, {"shop": shop, "start": first, "end": last})
         except (duckdb.CatalogException, duckdb.BinderException) as e:

@@ -777,15 +777,15 @@ def storage_check() -> None:
     try:
         loaded = con.execute("SELECT extension_name, extension_version FROM duckdb_extensions() WHERE loaded AND "
                              "extension_name IN ('ducklake', 'postgres_scanner', 'httpfs') ORDER BY 1").fetchall()
-        tables = dict(con.execute("SELECT database_name, count(*) FROM duckdb_tables() WHERE database_name IN (?, ?) "
-                                  "GROUP BY 1", [LAKE, OPS]).fetchall())
+        tables = dict(con.execute("SELECT database_name, count(*) FROM duckdb_tables() WHERE database_name = ? "
+                                  "OR (database_name = ? AND schema_name = 'public') GROUP BY 1", [LAKE, OPS]).fetchall())
     finally:
         con.close()
     console.print(f'kind = "ducklake": extensions {", ".join(f"{n} {v}" for n, v in loaded)} (from their Python packages)',
                   highlight=False)
     console.print(f"  lake: catalog in PostgreSQL, data in {data_path_of(s)}; schemas staging and marts; "
                   f"{tables.get(LAKE, 0):,} tables", highlight=False)
-    console.print(f"  ops database: reached; {tables.get(OPS, 0):,} tables", highlight=False)
+    console.print(f"  ops database: reached; {tables.get(OPS, 0):,} tables in its schema public", highlight=False)
     console.print('  the commands do not run on this storage yet (docs/rules.md §10)', highlight=False)
 
 

@@ -428,3 +428,14 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "shops.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def test_crm_storage_check_on_the_embedded_file(tmp_path):
+    from conftest import crm
+
+    config = _write(tmp_path, '[[shops]]\nshop_id = "s1"\n')
+    result = crm("--db", str(tmp_path / "crm.duckdb"), "--config", str(config), "storage", "check")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == (f'kind = "duckdb": every table in the DuckDB file {tmp_path / "crm.duckdb"} '
+                                     "(not made yet: crm ingest or crm demo makes it)")
+    assert not (tmp_path / "crm.duckdb").exists(), "a check makes nothing"

@@ -43,6 +43,10 @@ class _Command(typer.core.TyperCommand):
         _light_rich_help()
         super().format_help(ctx, formatter)
 
+    def invoke(self, ctx):
+        STATE.command = " ".join(["crm", *ctx.command_path.split()[1:]])    # "crm visits import", for messages
+        return super().invoke(ctx)
+
 
 app = typer.Typer(
     cls=_Group,
@@ -55,8 +59,11 @@ app = typer.Typer(
 visits_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Follow-up visit outcomes recorded by the call centre.")
 server_app = typer.Typer(cls=_Group, no_args_is_help=True, help="The local Prefect server the commands record their flow runs on: "
                          "the first command that runs a flow starts it, later ones reuse it, `crm server stop` ends it.")
+storage_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Where the tables live: \\[storage] in the shops file "
+                          "(the embedded DuckDB file, or DuckLake with PostgreSQL).")
 app.add_typer(server_app, name="server")
 app.add_typer(visits_app, name="visits")
+app.add_typer(storage_app, name="storage")
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -66,6 +73,7 @@ class Ctx:
     db: Path
     config: Path
     config_given: bool = False      # --config or CRM_CONFIG, not the default
+    command: str = "crm"            # the command running, e.g. "crm plan"
 
 
 STATE = Ctx()
@@ -91,16 +99,24 @@ def main_options(
     STATE.config_given = ctx.get_parameter_source("config").name != "DEFAULT"
 
 
-def _settings():
+def _settings(*, lake: bool = False):
+    """The shops file's settings, or one `error:` line. A `[storage] kind` other than "duckdb" is refused unless
+    the command works on it (`lake`)."""
     from crm.config import ConfigError, load_settings
 
     try:
-        return load_settings(STATE.config)
+        settings = load_settings(STATE.config)
     except ConfigError as e:
         demo = Path("demo/shops.toml")
         if not STATE.config_given and not STATE.config.exists() and demo.is_file():
             fail(f"{e}; `crm demo` wrote {demo}: crm --config {demo} …")
         fail(str(e))
+    if settings.storage.kind != "duckdb" and not lake:
+        # the lake's connection exists (crm/storage), the commands do not run on it yet: refuse rather than
+        # half-work on the DuckDB file
+        fail(f'{STATE.config}: [storage] kind = "{settings.storage.kind}": not yet supported by {STATE.command}; '
+             'this version runs the pipeline on the embedded DuckDB file only (kind = "duckdb", the file --db names)')
+    return settings
 
 
 def _require_db() -> None:
@@ -123,6 +139,8 @@ _KNOWN_FAILURES = (
     ("transforms.dispatch", "GatewayDown", "gateway"),
     ("crm.sources", "SourceUnavailable", "locked"),       # the platform did not answer: the run failed (exit 1)
     ("crm.sources", "SourceError", "input"),
+    ("crm.storage.extensions", "ExtensionError", "input"),  # an extension wheel that does not match duckdb
+    ("crm.storage", "StorageError", "locked"),              # the lake or the ops database cannot be opened
 )
 
 
@@ -683,8 +701,8 @@ def serve(
     import os
 
     _check_time(as_of, "--as-of")
-    _require_db()
     settings = _settings()
+    _require_db()
     password = os.environ.get("CRM_WEB_PASSWORD") or None
     if host not in ("127.0.0.1", "localhost", "::1") and not password:
         fail(f"--host {host}: the page shows customers' phone numbers; set CRM_WEB_PASSWORD to serve it beyond "
@@ -737,8 +755,42 @@ def server_status() -> None:
     console.print(f"{state} at {info['api_url']} (pid {info['pid']})" if info else state)
 
 
+@storage_app.command("check")
+def storage_check() -> None:
+    """Open the storage the shops file names and say what is there. For kind = "ducklake": the extensions
+    (installed offline from their Python packages), the lake (its catalog is set up in PostgreSQL and the
+    schemas staging and marts made when missing) and the ops database; one line if any cannot be opened."""
+    settings = _settings(lake=True)
+    s = settings.storage
+    if s.kind == "duckdb":
+        state = "" if STATE.db.exists() else " (not made yet: crm ingest or crm demo makes it)"
+        console.print(f'kind = "duckdb": every table in the DuckDB file {STATE.db}{state}', highlight=False)
+        return
+    from crm.storage import LAKE, OPS, ExtensionError, StorageError, connect_lake, data_path_of
+
+    try:
+        con = connect_lake(s)
+    except ExtensionError as e:
+        fail(str(e))
+    except StorageError as e:
+        fail(str(e), 1)
+    try:
+        loaded = con.execute("SELECT extension_name, extension_version FROM duckdb_extensions() WHERE loaded AND "
+                             "extension_name IN ('ducklake', 'postgres_scanner', 'httpfs') ORDER BY 1").fetchall()
+        tables = dict(con.execute("SELECT database_name, count(*) FROM duckdb_tables() WHERE database_name = ? "
+                                  "OR (database_name = ? AND schema_name = 'public') GROUP BY 1", [LAKE, OPS]).fetchall())
+    finally:
+        con.close()
+    console.print(f'kind = "ducklake": extensions {", ".join(f"{n} {v}" for n, v in loaded)} (from their Python packages)',
+                  highlight=False)
+    console.print(f"  lake: catalog in PostgreSQL, data in {data_path_of(s)}; schemas staging and marts; "
+                  f"{tables.get(LAKE, 0):,} tables", highlight=False)
+    console.print(f"  ops database: reached; {tables.get(OPS, 0):,} tables in its schema public", highlight=False)
+    console.print('  the commands do not run on this storage yet (docs/rules.md §10)', highlight=False)
+
+
 def main() -> None:
-    for group in (app, server_app, visits_app):          # every command's help as light as the groups'
+    for group in (app, server_app, visits_app, storage_app):          # every command's help as light as the groups'
         for command in group.registered_commands:
             if command.cls in (None, typer.core.TyperCommand):
                 command.cls = _Command

@@ -5,7 +5,8 @@ Every error is a single line naming the file, the shop and the key, e.g.
 Types are strict: a number in quotes (``lead_minutes = "60"``) or a boolean in quotes is refused, not
 converted; a whole number is fine where a decimal is expected (``high_value_amount = 500``).
 Secrets and URLs come from the file or from the environment (``CRM_GATEWAY_URL``,
-``CRM_GATEWAY_TOKEN``, ``CRM_SMTP_HOST``, ``CRM_SMTP_PORT``, ``CRM_SMTP_USER``, ``CRM_SMTP_PASSWORD``),
+``CRM_GATEWAY_TOKEN``, ``CRM_SMTP_HOST``, ``CRM_SMTP_PORT``, ``CRM_SMTP_USER``, ``CRM_SMTP_PASSWORD``,
+``CRM_LAKE_CATALOG``, ``CRM_OPS_DSN``, ``CRM_S3_KEY_ID``, ``CRM_S3_SECRET``: the full list is ``_ENV``),
 the environment winning; a variable's text is converted to its key's type here, and an error names it.
 """
 
@@ -366,12 +367,86 @@ class Smtp(_Strict):
     starttls: bool = False
 
 
+class S3(_Strict):
+    """[storage.s3]: the S3 service of an s3:// data_path (docs/rules.md §10)."""
+    endpoint: str = ""                     # host[:port] of the S3 service, e.g. "127.0.0.1:5555"; AWS: "s3.amazonaws.com"
+    key_id: str = ""
+    secret: str = ""                       # better from CRM_S3_SECRET than from the file
+    region: str = "us-east-1"
+    url_style: Literal["path", "vhost"] = "path"
+    use_ssl: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and not re.match(r"^[A-Za-z0-9.\[\]:-]+$", v):
+            raise ValueError(f"{v!r} is not a host[:port] (no http:// in front: use_ssl says which)")
+        return v
+
+
+class Storage(_Strict):
+    """[storage] (docs/rules.md §10): the embedded DuckDB file (the default), or DuckLake with its catalog and the
+    ops tables in PostgreSQL."""
+    kind: Literal["duckdb", "ducklake"] = "duckdb"
+    catalog: str = ""                      # ducklake: "postgres:<libpq connection string>" of DuckLake's catalog
+    data_path: str = ""                    # ducklake: a folder, or "s3://bucket/prefix/"
+    ops_dsn: str = ""                      # ducklake: the PostgreSQL database of the ops tables
+    s3: S3 = S3()
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog(cls, v: str) -> str:
+        # never echo the value: it may carry a password
+        if v and not v.startswith("postgres:"):
+            raise ValueError('must be "postgres:" followed by a PostgreSQL connection string, e.g. '
+                             '"postgres:dbname=crm_lake host=127.0.0.1 user=crm" (DuckLake\'s catalog lives in PostgreSQL)')
+        return v
+
+    @field_validator("data_path")
+    @classmethod
+    def _data_path(cls, v: str) -> str:
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", v)
+        if scheme and scheme.group(1) != "s3":
+            raise ValueError(f"{v!r}: the data path is a folder or s3://bucket/prefix/ (not {scheme.group(1)}://)")
+        if scheme and not re.match(r"^s3://[^/\s]+", v):
+            raise ValueError(f"{v!r} names no bucket: write s3://bucket/prefix/")
+        return v
+
+    @field_validator("ops_dsn")
+    @classmethod
+    def _ops_dsn(cls, v: str) -> str:
+        if v and not (v.startswith(("postgresql://", "postgres://")) or "=" in v):
+            raise ValueError('must be a PostgreSQL connection string: "postgresql://user@host:port/dbname" or '
+                             '"dbname=crm host=… user=…"')
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Storage":
+        if self.kind == "ducklake":
+            for key, example in (("catalog", '"postgres:dbname=crm_lake host=127.0.0.1 user=crm"'),
+                                 ("data_path", '"data/lake/" or "s3://bucket/prefix/"'),
+                                 ("ops_dsn", '"postgresql://crm@127.0.0.1:5432/crm"')):
+                if not getattr(self, key):
+                    raise ValueError(f'.{key}: required for kind = "ducklake" (e.g. {example})')
+        if self.data_path.startswith("s3://"):
+            for key in ("endpoint", "region"):
+                if not getattr(self.s3, key):
+                    raise ValueError(f".s3.{key}: required for an s3:// data_path (AWS itself: endpoint = "
+                                     '"s3.amazonaws.com")')
+        return self
+
+    @property
+    def on_s3(self) -> bool:
+        return self.data_path.startswith("s3://")
+
+
 class Settings(_Strict):
     shops: list[Shop]
     # shops that still have orders in the database but are no longer served: not planned, not an error
     retired_shops: list[Annotated[str, Field(min_length=1)]] = []
     gateway: Gateway = Gateway()
     smtp: Smtp = Smtp()
+    storage: Storage = Storage()
 
     @field_validator("retired_shops")
     @classmethod
@@ -416,8 +491,8 @@ def _env_port(value: str) -> int:
     return int(text)
 
 
-# (section, key) -> the environment variable that overrides it, and how its text becomes the key's type
-_ENV = {
+# the key's path -> the environment variable that overrides it, and how its text becomes the key's type
+_ENV: dict[tuple[str, ...], tuple[str, Any]] = {
     ("gateway", "webhook_url"): ("CRM_GATEWAY_URL", str),
     ("gateway", "token"): ("CRM_GATEWAY_TOKEN", str),
     ("gateway", "signing_secret"): ("CRM_GATEWAY_SIGNING_SECRET", str),
@@ -427,6 +502,11 @@ _ENV = {
     ("smtp", "port"): ("CRM_SMTP_PORT", _env_port),
     ("smtp", "username"): ("CRM_SMTP_USER", str),
     ("smtp", "password"): ("CRM_SMTP_PASSWORD", str),
+    # connection strings with their passwords, and the S3 credentials: kept out of the shops file
+    ("storage", "catalog"): ("CRM_LAKE_CATALOG", str),
+    ("storage", "ops_dsn"): ("CRM_OPS_DSN", str),
+    ("storage", "s3", "key_id"): ("CRM_S3_KEY_ID", str),
+    ("storage", "s3", "secret"): ("CRM_S3_SECRET", str),
 }
 
 
@@ -487,30 +567,45 @@ def parse_settings(raw: dict[str, Any], source: str = "<config>") -> Settings:
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         loc = tuple(err["loc"])
         where, msg = _where(raw, loc), _message(err)
-        if loc[:2] in from_env:
+        var = next((v for path, v in from_env.items() if loc[:len(path)] == path), None)
+        if var is None and loc == ("storage",):
+            # a [storage] rule about a key the environment set: ".catalog: required …"
+            for path, v in from_env.items():
+                key = "." + ".".join(path[1:]) + ":"
+                if path[0] == "storage" and msg.startswith(key):
+                    var, where, msg = v, ".".join(path), msg[len(key):].strip()
+                    break
+        if var is not None:
             # the value came from the environment: name the variable, not the file
-            raise ConfigError(f"{from_env[loc[:2]]}: {msg} (it sets {where}, overriding {source}){more}") from None
+            raise ConfigError(f"{var}: {msg} (it sets {where}, overriding {source}){more}") from None
         sep = "" if msg.startswith(("[", ".")) else ": "
         raise ConfigError(f"{source}: {where}{sep}{msg}{more}") from None
 
 
-def _apply_env(raw: dict[str, Any], source: str = "<config>") -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+def _apply_env(raw: dict[str, Any], source: str = "<config>") -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
     """The document with the environment's overrides, each converted to its key's type (one line naming the
-    variable if it cannot be); and which (section, key) came from which variable."""
+    variable if it cannot be); and which key (its path) came from which variable."""
     raw = dict(raw)
-    used: dict[tuple[str, str], str] = {}
-    for (section, key), (var, convert) in _ENV.items():
+    used: dict[tuple[str, ...], str] = {}
+    for path, (var, convert) in _ENV.items():
         if var not in os.environ:
             continue
         try:
             value = convert(os.environ[var])
         except ValueError as e:
-            raise ConfigError(f"{var}: {e} (it sets {section}.{key}, overriding {source})") from None
-        table = raw.get(section)
-        if table is not None and not isinstance(table, dict):
-            continue                          # [section] is not a table: validation says so, naming the file
-        raw[section] = {**(table or {}), key: value}
-        used[(section, key)] = var
+            raise ConfigError(f"{var}: {e} (it sets {'.'.join(path)}, overriding {source})") from None
+        *tables, key = path
+        parent, ok = raw, True
+        for name in tables:                   # copy each table on the way down: the caller's document stays as it was
+            table = parent.get(name)
+            if table is not None and not isinstance(table, dict):
+                ok = False                    # [section] is not a table: validation says so, naming the file
+                break
+            parent[name] = dict(table or {})
+            parent = parent[name]
+        if ok:
+            parent[key] = value
+            used[path] = var
     return raw, used
 
 

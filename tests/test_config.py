@@ -301,3 +301,141 @@ def test_a_bad_zone_stops_the_command_in_one_line_before_the_flow(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert lines[0] == f"error: {bad}: shop 's1': timezone: 'localtime' is not a known time zone (an IANA name like 'Asia/Shanghai')"
+
+
+# --------------------------------------------------------------------------------------------------
+# [storage] (docs/rules.md §10): the embedded DuckDB file by default, DuckLake + PostgreSQL when asked
+
+
+LAKE = ('[storage]\nkind = "ducklake"\ncatalog = "postgres:dbname=crm_lake host=127.0.0.1"\n'
+        'data_path = "data/lake/"\nops_dsn = "postgresql://crm@127.0.0.1:5432/crm"\n')
+
+
+@pytest.fixture
+def no_storage_env(monkeypatch):
+    for var in ("CRM_LAKE_CATALOG", "CRM_OPS_DSN", "CRM_S3_KEY_ID", "CRM_S3_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_storage_defaults_to_the_embedded_file(no_storage_env):
+    s = parse_settings({"shops": [{"shop_id": "s1"}]}).storage
+    assert (s.kind, s.catalog, s.data_path, s.ops_dsn) == ("duckdb", "", "", "")
+    assert (s.s3.endpoint, s.s3.key_id, s.s3.secret, s.s3.region, s.s3.url_style, s.s3.use_ssl) == \
+        ("", "", "", "us-east-1", "path", True)
+
+
+def test_a_ducklake_storage_is_read_as_written(tmp_path, no_storage_env):
+    path = tmp_path / "shops.toml"
+    path.write_text('[[shops]]\nshop_id = "s1"\n' + LAKE.replace('"data/lake/"', '"s3://crm/lake/"')
+                    + '[storage.s3]\nendpoint = "127.0.0.1:5555"\nregion = "eu-west-1"\nuse_ssl = false\n',
+                    encoding="utf-8")
+    s = load_settings(path).storage
+    assert (s.kind, s.catalog, s.data_path) == ("ducklake", "postgres:dbname=crm_lake host=127.0.0.1", "s3://crm/lake/")
+    assert (s.on_s3, s.s3.endpoint, s.s3.region, s.s3.use_ssl, s.s3.url_style) == (True, "127.0.0.1:5555", "eu-west-1", False, "path")
+
+
+@pytest.mark.parametrize("text,words", [
+    ('[storage]\nkind = "sqlite"\n', ["storage.kind", "'duckdb' or 'ducklake'", "'sqlite'"]),
+    (LAKE.replace('catalog = "postgres:dbname=crm_lake host=127.0.0.1"\n', ""),
+     ["storage.catalog: required for kind = \"ducklake\""]),
+    (LAKE.replace('data_path = "data/lake/"\n', ""), ["storage.data_path: required for kind = \"ducklake\""]),
+    (LAKE.replace('ops_dsn = "postgresql://crm@127.0.0.1:5432/crm"\n', ""),
+     ["storage.ops_dsn: required for kind = \"ducklake\""]),
+    (LAKE.replace('"data/lake/"', '"s3://crm/lake/"'), ["storage.s3.endpoint: required for an s3:// data_path"]),
+    (LAKE.replace('"data/lake/"', '"s3://crm/lake/"') + '[storage.s3]\nendpoint = "127.0.0.1:5555"\nregion = ""\n',
+     ["storage.s3.region: required for an s3:// data_path"]),
+    (LAKE.replace('"data/lake/"', '"gs://crm/lake/"'), ["storage.data_path", "a folder or s3://bucket/prefix/"]),
+    (LAKE.replace('"data/lake/"', '"s3:///lake/"'), ["storage.data_path", "names no bucket"]),
+    (LAKE.replace('"postgres:dbname', '"sqlite:dbname'), ["storage.catalog", 'must be "postgres:"']),
+    (LAKE.replace('"postgresql://crm@127.0.0.1:5432/crm"', '"crm"'), ["storage.ops_dsn", "PostgreSQL connection string"]),
+    ('[storage.s3]\nendpoint = "http://127.0.0.1:5555"\n', ["storage.s3.endpoint", "not a host[:port]"]),
+    ('[storage.s3]\nurl_style = "virtual"\n', ["storage.s3.url_style", "'path' or 'vhost'"]),
+    ('[storage.s3]\nuse_ssl = "false"\n', ["storage.s3.use_ssl", "true or false"]),
+    ('[storage]\nkind = "ducklake"\nbucket = "x"\n', ["storage.bucket", "unknown key"]),
+])
+def test_bad_storage_is_one_line_naming_the_key(tmp_path, no_storage_env, text, words):
+    msg = _error('[[shops]]\nshop_id = "s1"\n' + text, tmp_path)
+    assert all(w in msg for w in words), msg
+
+
+def test_a_password_in_a_bad_catalog_is_not_echoed(tmp_path, no_storage_env):
+    msg = _error('[[shops]]\nshop_id = "s1"\n' + LAKE.replace('"postgres:dbname=crm_lake host=127.0.0.1"',
+                                                               '"dbname=crm_lake password=hunter2"'), tmp_path)
+    assert "storage.catalog" in msg and "hunter2" not in msg
+
+
+def test_storage_secrets_come_from_the_environment(monkeypatch, no_storage_env):
+    monkeypatch.setenv("CRM_S3_KEY_ID", "AKIA-env")
+    monkeypatch.setenv("CRM_S3_SECRET", "from-env")
+    monkeypatch.setenv("CRM_LAKE_CATALOG", "postgres:dbname=lake password=pw1")
+    monkeypatch.setenv("CRM_OPS_DSN", "postgresql://crm:pw2@db:5432/crm")
+    raw = {"shops": [{"shop_id": "s1"}],
+           "storage": {"kind": "ducklake", "data_path": "s3://b/p/", "s3": {"endpoint": "s3.amazonaws.com", "secret": "in-file"}}}
+    s = parse_settings(raw).storage
+    assert (s.s3.key_id, s.s3.secret, s.catalog, s.ops_dsn) == \
+        ("AKIA-env", "from-env", "postgres:dbname=lake password=pw1", "postgresql://crm:pw2@db:5432/crm")
+    assert s.s3.endpoint == "s3.amazonaws.com" and raw["storage"]["s3"]["secret"] == "in-file", "the document is not changed"
+
+
+def test_a_storage_value_from_the_environment_names_the_variable(monkeypatch, no_storage_env):
+    raw = {"shops": [{"shop_id": "s1"}], "storage": {"kind": "ducklake", "data_path": "x/", "ops_dsn": "dbname=crm"}}
+    monkeypatch.setenv("CRM_LAKE_CATALOG", "mysql:db=lake")
+    with pytest.raises(ConfigError) as info:
+        parse_settings(raw, "shops.toml")
+    assert str(info.value).startswith("CRM_LAKE_CATALOG: ") and "it sets storage.catalog, overriding shops.toml" in str(info.value)
+    monkeypatch.setenv("CRM_LAKE_CATALOG", "")
+    with pytest.raises(ConfigError) as info:
+        parse_settings(raw, "shops.toml")
+    assert str(info.value).startswith("CRM_LAKE_CATALOG: required for kind = \"ducklake\" (e.g. ")
+    assert str(info.value).endswith("(it sets storage.catalog, overriding shops.toml)")
+
+
+def test_storage_from_the_environment_without_a_storage_table(monkeypatch, no_storage_env):
+    """An override needs no [storage] / [storage.s3] table in the file: the tables are made on the way."""
+    monkeypatch.setenv("CRM_S3_SECRET", "only-in-env")
+    s = parse_settings({"shops": [{"shop_id": "s1"}]}).storage
+    assert (s.kind, s.s3.secret, s.s3.region) == ("duckdb", "only-in-env", "us-east-1")
+
+
+def test_a_lake_storage_is_refused_by_every_command_in_one_line(tmp_path):
+    from conftest import crm
+    from crm.db import connect
+
+    connect(tmp_path / "crm.duckdb").close()                    # a database exists: the command gets that far
+    lake = tmp_path / "lake.toml"
+    lake.write_text('[[shops]]\nshop_id = "s1"\n' + LAKE, encoding="utf-8")
+    for args in (["plan", "--as-of", "2026-11-24T10:00:00+08:00"], ["dispatch", "--dry-run"],
+                 ["ingest", str(tmp_path)], ["visits", "import", str(lake)]):
+        result = crm("--db", str(tmp_path / "crm.duckdb"), "--config", str(lake), *args, env={"PREFECT_API_URL": ""})
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        command = "crm " + " ".join(a for a in args[:2] if not a.startswith(("-", "/")))
+        assert lines[0].startswith(f'error: {lake}: [storage] kind = "ducklake": not yet supported by {command}; '), lines[0]
+
+
+def test_a_flow_run_refuses_a_lake_storage_before_touching_the_file(tmp_path, no_storage_env):
+    """A deployment's run reaches the flows without `crm`: the flows' session refuses too, and makes no file."""
+    from crm.db import session
+
+    settings = load_settings(_write(tmp_path, '[[shops]]\nshop_id = "s1"\n' + LAKE))
+    with pytest.raises(ConfigError, match=r'^\[storage\] kind = "ducklake": not yet supported by the flows; '):
+        with session(tmp_path / "crm.duckdb", settings):
+            pass
+    assert not (tmp_path / "crm.duckdb").exists()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "shops.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_crm_storage_check_on_the_embedded_file(tmp_path):
+    from conftest import crm
+
+    config = _write(tmp_path, '[[shops]]\nshop_id = "s1"\n')
+    result = crm("--db", str(tmp_path / "crm.duckdb"), "--config", str(config), "storage", "check")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == (f'kind = "duckdb": every table in the DuckDB file {tmp_path / "crm.duckdb"} '
+                                     "(not made yet: crm ingest or crm demo makes it)")
+    assert not (tmp_path / "crm.duckdb").exists(), "a check makes nothing"

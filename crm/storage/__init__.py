@@ -1,0 +1,104 @@
+"""Where the tables live (docs/rules.md §10): the embedded DuckDB file (`[storage] kind = "duckdb"`, the default:
+crm/db.py), or DuckLake (`kind = "ducklake"`): the same schemas `staging` and `marts` as DuckLake tables, whose
+catalog is a PostgreSQL database and whose data are Parquet files under `data_path` (a folder or S3), and the
+operational tables in a PostgreSQL database of their own (`ops_dsn`).
+
+:func:`connect_lake` opens that layout on one DuckDB connection: the extensions loaded offline from their wheels
+(crm/storage/extensions.py), the S3 secret for an s3:// data path, the lake attached as `lake` (its schemas
+created when missing) and the ops database as `opsdb`. The pipeline's commands do not use it yet: they refuse
+`kind = "ducklake"` in one line (crm/cli.py), and docs/scale-out.md is the plan for the rest.
+
+Every failure is one line naming the key it comes from (StorageError; ExtensionError for an extension wheel that
+does not match the installed duckdb); a password or secret never appears in it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+
+from crm.config import Storage
+from crm.storage.extensions import ExtensionError
+
+__all__ = ["LAKE", "OPS", "LAKE_SCHEMAS", "StorageError", "ExtensionError", "connect_lake", "mask"]
+
+LAKE = "lake"                          # the DuckLake's name on the connection: lake.staging.…, lake.marts.…
+OPS = "opsdb"                          # the ops database's: opsdb.public.…
+LAKE_SCHEMAS = ("staging", "marts")
+
+
+class StorageError(Exception):
+    """The storage cannot be opened, phrased as one line for the user."""
+
+
+def mask(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` with every password of a connection string and each of `secrets` replaced by ***."""
+    text = re.sub(r"(password\s*=\s*)('[^']*'|[^\s'\"]+)", r"\1***", text, flags=re.I)
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*):[^@\s]*@", r"\1:***@", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else type(e).__name__
+
+
+def data_path_of(storage: Storage) -> str:
+    """The data path as DuckLake is given it: s3:// as written, a folder made absolute (every process then names
+    the same one, whatever its working directory), both ending in /."""
+    path = storage.data_path if storage.on_s3 else str(Path(storage.data_path).expanduser().resolve())
+    return path if path.endswith("/") else path + "/"
+
+
+def connect_lake(storage: Storage, *, data_inlining_row_limit: int | None = None) -> duckdb.DuckDBPyConnection:
+    """One DuckDB connection on the lake layout: `lake` (DuckLake, schemas staging and marts) and `opsdb`
+    (PostgreSQL). `data_inlining_row_limit` is DuckLake's: inserts of at most that many rows stay in the catalog
+    until flushed (None: DuckLake's default; 0: every insert writes Parquet). StorageError on any failure."""
+    from crm.db import _resources
+    from crm.storage import extensions
+
+    if storage.kind != "ducklake":
+        raise StorageError(f'[storage] kind = "{storage.kind}": connect_lake opens kind = "ducklake" only')
+    secrets = (storage.s3.secret, storage.s3.key_id)
+    names = ("ducklake", "postgres") + (("httpfs",) if storage.on_s3 else ())
+    con = extensions.connect(names=names)              # ExtensionError: a wheel that does not match duckdb
+    try:
+        _resources(con)
+        if storage.on_s3:
+            s3 = storage.s3
+            con.execute(f"CREATE OR REPLACE SECRET crm_lake_s3 (TYPE s3, KEY_ID {_lit(s3.key_id)}, "
+                        f"SECRET {_lit(s3.secret)}, ENDPOINT {_lit(s3.endpoint)}, REGION {_lit(s3.region)}, "
+                        f"URL_STYLE {_lit(s3.url_style)}, USE_SSL {'true' if s3.use_ssl else 'false'}, "
+                        f"SCOPE {_lit(storage.data_path)})")
+        else:
+            Path(data_path_of(storage)).mkdir(parents=True, exist_ok=True)
+        options = [f"DATA_PATH {_lit(data_path_of(storage))}"]
+        if data_inlining_row_limit is not None:
+            options.append(f"DATA_INLINING_ROW_LIMIT {int(data_inlining_row_limit)}")
+        _step(con, f"ATTACH {_lit('ducklake:' + storage.catalog)} AS {LAKE} ({', '.join(options)})",
+              "[storage] catalog", "cannot open DuckLake's catalog", secrets)
+        for schema in LAKE_SCHEMAS:
+            _step(con, f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{schema}", "[storage] data_path",
+                  f"cannot create the lake's schema {schema}", secrets)
+        _step(con, f"ATTACH {_lit(storage.ops_dsn)} AS {OPS} (TYPE postgres)", "[storage] ops_dsn",
+              "cannot reach the ops database", secrets)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _step(con: duckdb.DuckDBPyConnection, sql: str, key: str, what: str, secrets: tuple[str, ...]) -> None:
+    try:
+        con.execute(sql)
+    except duckdb.Error as e:
+        raise StorageError(f"{key}: {what}: {mask(_first_line(e), secrets)}") from None

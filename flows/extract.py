@@ -15,7 +15,23 @@ from flows.retry import only_transient
 from transforms.plan import parse_as_of
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=only_transient)
+def retry_extract(task, task_run, state) -> bool:
+    """A transient failure is retried (a locked database file, a network blip while writing), but not a platform
+    that stayed unavailable: the provider has already retried it with backoff (Shopify 6 tries over ~30 s, TOP 6
+    over ~60 s), a task retry would only make the command wait minutes longer, and the next scheduled run
+    continues from the watermark anyway."""
+    from crm.sources import SourceUnavailable
+
+    try:
+        state.result()
+    except SourceUnavailable:
+        return False
+    except Exception:
+        pass
+    return only_transient(task, task_run, state)
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_extract)
 def extract_shop(shop_id: str, db: str, config: str, landing_dir: str, as_of: str, since: str | None) -> dict:
     """One shop's extraction; retried on a transient failure (the platform down, the database held): a retry
     starts from the watermark the last written batch left."""

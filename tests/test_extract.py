@@ -189,3 +189,29 @@ def test_crm_extract_without_any_source_says_so(tmp_path):
     plain.write_text('[[shops]]\nshop_id = "s1"\n', encoding="utf-8")
     line = one_error(crm("--db", str(tmp_path / "crm.duckdb"), "--config", str(plain), "extract"))
     assert "no shop has a [shops.source]" in line and str(plain) in line
+
+
+# --------------------------------------------------------------------------------------------------
+# what the extract task retries: not a platform the provider already retried until it gave up
+
+
+class _Failed:
+    """A task run's final state, as Prefect hands it to a retry condition: its result raises the error."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def result(self):
+        raise self.error
+
+
+def test_the_extract_task_retries_a_locked_file_but_not_a_platform_that_stayed_down():
+    from crm.db import DatabaseLocked
+    from crm.sources import SourceError
+    from flows.extract import extract_shop, retry_extract
+
+    assert extract_shop.retry_condition_fn is retry_extract
+    assert retry_extract(None, None, _Failed(DatabaseLocked("crm.duckdb: held by another run"))) is True
+    assert retry_extract(None, None, _Failed(ConnectionResetError("reset while writing"))) is True
+    assert retry_extract(None, None, _Failed(SourceUnavailable("shop 's1': Shopify gave 503, 6 times"))) is False
+    assert retry_extract(None, None, _Failed(SourceError("shop 's1': the session key was refused"))) is False

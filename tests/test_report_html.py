@@ -111,7 +111,8 @@ def one(page: str) -> dict[str, str]:
 
 
 def svg_texts(page: str) -> list[str]:
-    [svg] = re.findall(r"<svg.*?</svg>", page, re.S)
+    # the issue-rate chart: the one SVG that is not an effect error bar (those are drawn only with enough data)
+    [svg] = [s for s in re.findall(r"<svg.*?</svg>", page, re.S) if 'class="error-bar"' not in s[:60]]
     return [htmllib.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
 
 

@@ -199,8 +199,9 @@ def _run_flow(label: str, target: str, /, partial=None, **params):
             bar.update(task, description=f"{label}: {what}")
 
         # no flow-run heartbeats for a command run in this process: Prefect's heartbeat thread sleeps in 1 s
-        # steps and the run's end waits for it (up to 1 s on every command); a crashed command's run is
-        # found without them (it never reaches a final state), and worker-run deployments keep them
+        # steps and the run's end waits for it (up to 1 s on every command). Heartbeats only let a server
+        # automation mark a killed run Crashed; a killed command's run stays Running either way unless such an
+        # automation exists, and deployments run by workers keep their heartbeats
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         try:

@@ -716,6 +716,14 @@ def serve(
     clock = clock_from(parse_as_of(as_of)) if as_of else None
     console.print(f"agents' page on http://{host}:{port}/ ({STATE.db}){' with a password' if password else ''}"
                   f"{f', its clock set to {as_of}' if as_of else ''}; Ctrl-C stops it", highlight=False)
+    missing = [key for key in ("signing_secret", "hook_key") if not getattr(settings.gateway, key)]
+    if missing:
+        # the hooks still work (a test gateway on one machine), but whoever reaches the port could post receipts
+        # and opt-outs
+        where = {"signing_secret": "/hooks/receipts and /hooks/replies", "hook_key": "/hooks/kannel/"}
+        err.print(f"note: {' and '.join(where[k] for k in missing)} accept unsigned requests; set [gateway] "
+                  f"{' and '.join(missing)} to refuse what a gateway did not send", highlight=False, soft_wrap=True,
+                  markup=False)
     uvicorn.run(create_app(STATE.db, settings, password=password, clock=clock), host=host, port=port,
                 log_level="warning")
 

@@ -396,3 +396,19 @@ def test_the_index_speaks_the_browsers_language(served, accept, title, lang):
     missing = httpx.get(f"{server.url}/shops/nope", headers=headers)
     assert missing.status_code == 404
     assert missing.text == ("没有这个店铺:nope" if lang == "zh-CN" else "no such shop: nope")
+
+
+def test_serve_says_when_the_hooks_accept_unsigned_requests(tmp_path):
+    # catches: anyone who can reach the port posting delivery receipts and opt-outs, unnoticed
+    db, config = workspace.make(tmp_path)
+    note = "accept unsigned requests"
+    server = workspace.Served(db, config, env={"CRM_GATEWAY_SIGNING_SECRET": "", "CRM_HOOK_KEY": ""})
+    server.stop()
+    said = server.proc.stdout.read()
+    assert "note: /hooks/receipts and /hooks/replies and /hooks/kannel/ " + note in said, said
+    assert "set [gateway] signing_secret and hook_key" in said
+    secret = "whsec_" + __import__("base64").b64encode(b"k" * 24).decode()
+    server = workspace.Served(db, config, env={"CRM_GATEWAY_SIGNING_SECRET": secret, "CRM_HOOK_KEY": "h00k"})
+    server.stop()
+    said = server.proc.stdout.read()
+    assert note not in said and "agents' page on" in said, said

@@ -38,10 +38,16 @@ def asset_dir(name: str) -> Path:
     raise FileNotFoundError(f"cannot find the project's {name}/ folder")
 
 
+_INCLUDE = re.compile(r"^-- @include (\S+\.sql)[ \t]*$", re.M)
+
+
 @cache
 def sql_text(relative: str) -> str:
-    """The text of a SQL file under sql/, e.g. ``sql_text("staging/stg_orders.sql")``."""
-    return (asset_dir("sql") / relative).read_text(encoding="utf-8")
+    """The text of a SQL file under sql/, e.g. ``sql_text("staging/stg_orders.sql")``. A line
+    ``-- @include marts/_effect_counts.sql`` stands for that file's text: the end a whole model and its
+    incremental twin share (the days it refreshes), written once."""
+    text = (asset_dir("sql") / relative).read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: sql_text(m.group(1)), text)
 
 
 class DatabaseLocked(Exception):

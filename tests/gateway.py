@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections import defaultdict
 from urllib.parse import unquote
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from loopback import Loopback
 
 
 class Gateway:
@@ -35,7 +35,7 @@ class Gateway:
         self.repeats = 0
         self.missing_key = 0
         self.down = False            # True: every request answered 503, as a gateway in an outage
-        self._server: uvicorn.Server | None = None
+        self._server: Loopback | None = None
         self.url = ""
 
     # ------------------------------------------------------------------ app
@@ -78,26 +78,13 @@ class Gateway:
 
     # ------------------------------------------------------------------ server
     def start(self) -> "Gateway":
-        app = Starlette(routes=[Route("/send", self._send, methods=["POST"])])
-        sock = socket.socket()
-        # accepted connections inherit it: uvicorn writes a response's head and body separately, and
-        # without it Nagle holds the body for the client's delayed ACK (~40 ms a request)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}/send"
+        self._server = Loopback(Starlette(routes=[Route("/send", self._send, methods=["POST"])]))
+        self.url = f"http://127.0.0.1:{self._server.port}/send"
         return self
 
     def stop(self) -> None:
         if self._server:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
+            self._server.stop()
 
 
 def closed_port_url() -> str:

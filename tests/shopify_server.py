@@ -27,18 +27,18 @@ import asyncio
 import base64
 import json
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
+
+from loopback import Loopback
 
 TOKEN = "shpat_test_0123456789abcdef"
 MAX_QUERY_COST = 1000
@@ -157,7 +157,7 @@ class ShopifyServer:
         self._available = self.bucket_max
         self._seen = self._monotonic()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
+        self._server: Loopback | None = None
         self.url = ""
 
     # ---------------------------------------------------------------- data
@@ -350,22 +350,12 @@ class ShopifyServer:
         return self.url
 
     def start(self) -> "ShopifyServer":
-        app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql, methods=["POST"])])
-        sock = socket.socket()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
+        self._server = Loopback(Starlette(routes=[Route("/admin/api/{version}/graphql.json", self._graphql,
+                                                        methods=["POST"])]))
+        self.url = f"http://127.0.0.1:{self._server.port}"
         return self
 
     def stop(self) -> None:
         self.release.set()
         if self._server:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
+            self._server.stop()

@@ -23,17 +23,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import socket
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
+
+from loopback import Loopback
 
 CST = timezone(timedelta(hours=8))
 DEFAULT_TYPES = {"guarantee_trade", "auto_delivery", "ec", "cod", "step", "fixed", "auction"}
@@ -70,7 +69,7 @@ class TopRouter:
         self.delay = None
         self.calls: list[dict] = []               # every call's parameters, in order
         self.refused: list[tuple[int, str]] = []  # (code, msg) of every error answer
-        self._server: uvicorn.Server | None = None
+        self._server: Loopback | None = None
         self._stopping = False
         self.url = ""
 
@@ -189,21 +188,11 @@ class TopRouter:
 
     # ------------------------------------------------------------------ server
     def start(self) -> "TopRouter":
-        app = Starlette(routes=[Route("/router/rest", self._router, methods=["GET", "POST"])])
-        sock = socket.socket()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}/router/rest"
+        self._server = Loopback(Starlette(routes=[Route("/router/rest", self._router, methods=["GET", "POST"])]))
+        self.url = f"http://127.0.0.1:{self._server.port}/router/rest"
         return self
 
     def stop(self) -> None:
         self._stopping = True
         if self._server:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
+            self._server.stop()

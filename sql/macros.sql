@@ -104,6 +104,14 @@ CREATE OR REPLACE TEMP MACRO crm_newcombe_low(k1, n1, k2, n2) AS CASE WHEN n1 > 
 CREATE OR REPLACE TEMP MACRO crm_newcombe_high(k1, n1, k2, n2) AS CASE WHEN n1 > 0 AND n2 > 0 THEN
     k1::DOUBLE / n1 - k2::DOUBLE / n2
     + sqrt(pow(crm_wilson_high(k1, n1) - k1::DOUBLE / n1, 2) + pow(k2::DOUBLE / n2 - crm_wilson_low(k2, n2), 2)) END;
+-- an order's outcome at T for the reminders' effect (docs/rules.md §8): known when it can no longer change (paid,
+-- closed, or past the platform's auto-close), and paid before closing (paid at T, before the auto-close and not
+-- after closed_at; such an order is always known)
+CREATE OR REPLACE TEMP MACRO crm_outcome_known(paid_at, closed_at, created_at, auto_close_minutes, t) AS
+    paid_at <= t or closed_at <= t or created_at + to_minutes(auto_close_minutes) <= t;
+CREATE OR REPLACE TEMP MACRO crm_paid_before_close(paid_at, closed_at, created_at, auto_close_minutes, t) AS
+    coalesce(paid_at <= t and paid_at < created_at + to_minutes(auto_close_minutes)
+             and (closed_at is null or paid_at <= closed_at), false);
 -- too small: a comparison is made only when each of its two groups has at least this many orders whose outcome
 -- is known; below it the difference and its interval are NULL and the status says 'too_small'
 CREATE OR REPLACE TEMP MACRO crm_effect_min_known() AS 30;

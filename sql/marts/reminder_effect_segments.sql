@@ -56,12 +56,10 @@ outcomes as (
     -- each order's outcome at T: known or still open, paid before closing or not
     select
         orders.order_id, orders.total_amount,
-        orders.paid_at <= $as_of::TIMESTAMPTZ
-            or orders.closed_at <= $as_of::TIMESTAMPTZ
-            or orders.created_at + to_minutes(shops.auto_close_minutes) <= $as_of::TIMESTAMPTZ   as known,
-        coalesce(orders.paid_at <= $as_of::TIMESTAMPTZ
-            and orders.paid_at < orders.created_at + to_minutes(shops.auto_close_minutes)
-            and (orders.closed_at is null or orders.paid_at <= orders.closed_at), false)         as paid_before_close
+        crm_outcome_known(orders.paid_at, orders.closed_at, orders.created_at, shops.auto_close_minutes,
+                          $as_of::TIMESTAMPTZ)                                                   as known,
+        crm_paid_before_close(orders.paid_at, orders.closed_at, orders.created_at, shops.auto_close_minutes,
+                              $as_of::TIMESTAMPTZ)                                               as paid_before_close
     from staging.orders as orders
     join ops.shops as shops using (shop_id)
     where orders.order_id in (select order_id from reminded_orders union select order_id from held_out)

@@ -31,12 +31,10 @@ assigned as (
 outcomes as (
     select
         orders.order_id,
-        orders.paid_at <= $as_of::TIMESTAMPTZ
-            or orders.closed_at <= $as_of::TIMESTAMPTZ
-            or orders.created_at + to_minutes(shops.auto_close_minutes) <= $as_of::TIMESTAMPTZ   as known,
-        coalesce(orders.paid_at <= $as_of::TIMESTAMPTZ
-            and orders.paid_at < orders.created_at + to_minutes(shops.auto_close_minutes)
-            and (orders.closed_at is null or orders.paid_at <= orders.closed_at), false)         as paid_before_close
+        crm_outcome_known(orders.paid_at, orders.closed_at, orders.created_at, shops.auto_close_minutes,
+                          $as_of::TIMESTAMPTZ)                                                   as known,
+        crm_paid_before_close(orders.paid_at, orders.closed_at, orders.created_at, shops.auto_close_minutes,
+                              $as_of::TIMESTAMPTZ)                                               as paid_before_close
     from staging.orders as orders
     join ops.shops as shops using (shop_id)
     where orders.order_id in (select order_id from assigned)

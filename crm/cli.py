@@ -654,11 +654,11 @@ def quarantine(
         table = Table()
         for col in ("entity", "file", "row", "reason", "content (phones and emails masked)"):
             table.add_column(col, overflow="fold")
-        for e, f, n, reason, row in rows:
-            # a record `crm extract` could not map names its source ('taobao:s1 tid 123'), not a file
-            import re
+        import re
 
-            record = n is None and re.match(r"^[a-z]+:\S+ ", f or "") is not None
+        extracted = re.compile(r"^[a-z]+:\S+ ")    # a record `crm extract` could not map: 'taobao:s1 tid 123'
+        for e, f, n, reason, row in rows:
+            record = n is None and extracted.match(f or "") is not None
             where = "record" if record else "whole file" if n is None else str(n)
             table.add_row(e, f if record else Path(f).name, where, redact(reason or ""),
                           redact(row or "")[:160])

@@ -299,11 +299,10 @@ def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
     # written again only when the configuration changed: binding 200 shops' values costs ~0.4 s a command
     fingerprint = hashlib.sha256(json.dumps([SHOP_COLUMNS, rows, list(settings.retired_shops)], ensure_ascii=False,
                                             default=str).encode()).hexdigest()
-    con.execute("CREATE TABLE IF NOT EXISTS ops.shops_fingerprint (fingerprint VARCHAR)")
-    if con.execute("SELECT count(*) FROM ops.shops_fingerprint WHERE fingerprint = ?", [fingerprint]).fetchone()[0] \
-            and con.execute("SELECT count(*) FROM ops.shops").fetchone()[0] == len(rows):
-        pass
-    else:
+    unchanged = con.execute("SELECT count(*) FROM ops.shops_fingerprint WHERE fingerprint = ?",
+                            [fingerprint]).fetchone()[0] and \
+        con.execute("SELECT count(*) FROM ops.shops").fetchone()[0] == len(rows)
+    if not unchanged:
         con.execute(f"CREATE OR REPLACE TABLE ops.shops ({SHOP_COLUMNS})")
         # one statement for all shops (executemany costs ~8 ms a row: 1.5 s for 200 shops)
         placeholders = "(" + ", ".join("?" * len(rows[0])) + ")"

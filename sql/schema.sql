@@ -7,7 +7,8 @@ CREATE SCHEMA IF NOT EXISTS marts;
 CREATE SCHEMA IF NOT EXISTS ops;
 
 -- ops.shops (the configured shops, typed) and ops.retired_shops (the top-level retired_shops) are rebuilt
--- from the config file by crm.db.sync_shops before each load or plan; the SQL models join ops.shops for
+-- from the config file by crm.db.sync_shops before each load or plan when the configuration changed
+-- (ops.shops_fingerprint); the SQL models join ops.shops for
 -- time zones and settings, so a shop missing from it is not planned (transforms/plan.py refuses to plan
 -- while the orders of a shop that is neither configured nor retired are in the database).
 
@@ -59,6 +60,9 @@ CREATE TABLE IF NOT EXISTS ops.source_watermarks (
     updated_at      TIMESTAMPTZ NOT NULL,     -- real time it last moved
     PRIMARY KEY (shop_id, source)
 );
+
+-- the configuration ops.shops was last written from (crm/db.py sync_shops): it is written again only when this changes
+CREATE TABLE IF NOT EXISTS ops.shops_fingerprint (fingerprint VARCHAR);
 
 -- every rejected input row, with its file and the reason; never silently dropped
 CREATE TABLE IF NOT EXISTS ops.quarantine (

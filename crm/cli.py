@@ -115,11 +115,14 @@ def _settings(*, lake: bool = False):
         # the lake's connection exists (crm/storage), the commands do not run on it yet: refuse rather than
         # half-work on the DuckDB file
         fail(f'{STATE.config}: [storage] kind = "{settings.storage.kind}": not yet supported by {STATE.command}; '
-             'this version runs the pipeline on the embedded DuckDB file only (kind = "duckdb", the file --db names)')
+             'this version runs ingest, plan and backfill on the lake, the rest on the embedded DuckDB file only '
+             '(kind = "duckdb", the file --db names)')
     return settings
 
 
-def _require_db() -> None:
+def _require_db(settings=None) -> None:
+    if settings is not None and settings.storage.kind == "ducklake":
+        return                          # the lake is opened (and made, the first time) by the flow
     if not STATE.db.exists():
         fail(f"{STATE.db}: no database yet (run `crm ingest` or `crm demo` first)")
 
@@ -265,7 +268,7 @@ def ingest(landing_dir: Path = typer.Argument(..., help="Folder with one subfold
     """Load the landing folder's new files (rules: docs/rules.md §1)."""
     if not landing_dir.is_dir():
         fail(f"{landing_dir}: landing folder not found")
-    _settings()
+    _settings(lake=True)
     summary = _run_flow("ingest", "flows.ingest:ingest_flow", landing_dir=str(landing_dir), db=str(STATE.db), config=str(STATE.config))
     _print_ingest(summary)
 
@@ -354,8 +357,7 @@ def _print_retired(summary: dict) -> None:
 def plan(as_of: Optional[str] = typer.Option(None, "--as-of", help="T, ISO 8601 with an offset or Z; default now.")) -> None:
     """Write the marts for T: reminder decisions, visit tasks, customer segments (rules: docs/rules.md §2-5)."""
     _check_time(as_of, "--as-of")
-    _settings()
-    _require_db()
+    _require_db(_settings(lake=True))
     summary = _run_flow("plan", "flows.plan:plan_flow", as_of=as_of, db=str(STATE.db), config=str(STATE.config))
     _print_plan(summary)
 
@@ -379,8 +381,7 @@ def backfill(
         backfill_times(parse_as_of(start), parse_as_of(end), parse_duration(every), limit)
     except PlanError as e:
         fail(str(e))
-    _settings()
-    _require_db()
+    _require_db(_settings(lake=True))
     summary = _run_flow("backfill", "flows.plan:backfill_flow", start=start, end=end, every=every,
                         db=str(STATE.db), config=str(STATE.config), force=force, max_times=limit)
     console.print(f"backfill planned {summary['planned']} times, skipped {summary['skipped']} already planned")
@@ -795,7 +796,8 @@ def storage_check() -> None:
     console.print(f"  lake: catalog in PostgreSQL, data in {data_path_of(s)}; schemas staging and marts; "
                   f"{tables.get(LAKE, 0):,} tables", highlight=False)
     console.print(f"  ops database: reached; {tables.get(OPS, 0):,} tables in its schema public", highlight=False)
-    console.print('  the commands do not run on this storage yet (docs/rules.md §10)', highlight=False)
+    console.print('  crm ingest, plan and backfill run on this storage; the other commands do not yet (docs/rules.md §10)',
+                  highlight=False)
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ def connect(path: str | Path, *, read_only: bool = False, wait_seconds: float = 
 
 
 SHOP_COLUMNS = """
-    shop_id VARCHAR PRIMARY KEY, name VARCHAR, timezone VARCHAR NOT NULL, locale VARCHAR, team_email VARCHAR,
+    shop_id VARCHAR NOT NULL, name VARCHAR, timezone VARCHAR NOT NULL, locale VARCHAR, team_email VARCHAR,
     position INTEGER NOT NULL, distribution_platforms VARCHAR[],
     strategy VARCHAR, cutoff_minutes INTEGER[], lead_minutes INTEGER, delay_minutes INTEGER,
     min_age_minutes INTEGER, auto_close_minutes INTEGER, close_margin_minutes INTEGER,
@@ -174,22 +174,35 @@ SHOP_COLUMNS = """
 
 
 @contextmanager
-def session(db: str | Path, settings) -> Iterator[duckdb.DuckDBPyConnection]:
+def session(db: str | Path, settings, *, lake: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writing connection with the configured shops (ops.shops and the per-shop macros) in place,
-    closed afterwards: what every flow task works in. A `[storage] kind` other than "duckdb" is refused before
-    the file is touched: the flows do not run on the lake yet (a deployment's run gets here without `crm`)."""
+    closed afterwards: what every flow task works in. On `[storage] kind = "ducklake"` the connection is the lake
+    layout's (crm/storage/layout.py: the same table names, `db` unused) for a step that runs there (`lake`: ingest
+    and plan); any other step refuses it before a file is touched (a deployment's run gets here without `crm`)."""
     kind = settings.storage.kind
-    if kind != "duckdb":
+    if kind != "duckdb" and not lake:
         from crm.config import ConfigError
 
-        raise ConfigError(f'[storage] kind = "{kind}": not yet supported by the flows; this version runs them on '
-                          'the embedded DuckDB file only (kind = "duckdb")')
-    con = connect(db)
+        raise ConfigError(f'[storage] kind = "{kind}": not yet supported by this flow; this version runs ingest, '
+                          'plan and backfill on the lake, the rest on the embedded DuckDB file only (kind = "duckdb")')
+    if kind == "ducklake":
+        from crm.storage import connect_layout
+
+        con = connect_layout(settings.storage)
+    else:
+        con = connect(db)
     try:
         sync_shops(con, settings)
         yield con
     finally:
         con.close()
+
+
+def publish(con: duckdb.DuckDBPyConnection, db: str | Path, settings) -> None:
+    """After a run: the analysts' copy of the DuckDB file (publish_snapshot). The lake needs none: every process
+    reads it as it is, each query seeing one committed snapshot."""
+    if settings.storage.kind == "duckdb":
+        publish_snapshot(con, db)
 
 
 def analytics_path(db: str | Path) -> Path:
@@ -318,7 +331,8 @@ def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
     # stages: staging needs the shop macros above, so it never runs on a connection this has not set up.
     # Then, once per database, phones stored before E.164 are converted
     phones.register(con)
-    phones.convert_stored(con)
+    if con.execute("SELECT current_database()").fetchone()[0] != "lake":   # a lake is E.164 from its start
+        phones.convert_stored(con)
 
 
 def _lit(s: str) -> str:

@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import DatabaseLocked, publish_snapshot, session
+from crm.db import DatabaseLocked, session
+from crm.db import publish as publish_run
 from flows.retry import only_transient
 from transforms.ingest import load
 from transforms.validate import describe, validate_ingest
@@ -16,10 +17,11 @@ from transforms.validate import describe, validate_ingest
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
 def load_landing(landing_dir: str, db: str, config: str) -> dict:
-    with session(db, load_settings(config)) as con:
+    settings = load_settings(config)
+    with session(db, settings, lake=True) as con:
         result = load(con, landing_dir, validate=validate_ingest, step=progress.step)
         if result.ingest_id is not None:
-            publish_snapshot(con, db)
+            publish_run(con, db, settings)
     return {
         "ingest_id": result.ingest_id,
         "files_seen": result.files_seen,

@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import connect, publish_snapshot, session
+from crm.db import publish as publish_run
+from crm.db import session
 from flows.retry import only_transient
 from transforms.plan import MAX_BACKFILL_TIMES, backfill_times, parse_as_of, parse_duration, plan, planned_times, retired_line
 
@@ -29,10 +30,11 @@ def _summary(result) -> dict:
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
 def plan_at(as_of: datetime, db: str, config: str, segments: bool = True, backfill_key: str | None = None,
             publish: bool = True) -> dict:
-    with session(db, load_settings(config)) as con:
+    settings = load_settings(config)
+    with session(db, settings, lake=True) as con:
         summary = _summary(plan(con, as_of, segments=segments, backfill_key=backfill_key))
         if publish:
-            publish_snapshot(con, db)
+            publish_run(con, db, settings)
         return summary
 
 
@@ -51,16 +53,13 @@ def plan_flow(as_of: str | None = None, db: str = DEFAULT_DB, config: str = DEFA
 
 
 @task
-def pending_times(start: datetime, end: datetime, every: str, db: str, key: str, force: bool,
+def pending_times(start: datetime, end: datetime, every: str, db: str, config: str, key: str, force: bool,
                   max_times: int = MAX_BACKFILL_TIMES) -> list[datetime]:
     times = backfill_times(start, end, parse_duration(every), max_times)
     if force:
         return times
-    con = connect(db)
-    try:
+    with session(db, load_settings(config), lake=True) as con:
         done = planned_times(con, key)
-    finally:
-        con.close()
     return [t for t in times if t not in done]
 
 
@@ -74,7 +73,7 @@ def backfill_flow(start: str, end: str, every: str = "1h", db: str = DEFAULT_DB,
     t1, t2 = parse_as_of(start), parse_as_of(end)
     total = len(backfill_times(t1, t2, parse_duration(every), max_times))
     key = f"{t1.isoformat()}|{t2.isoformat()}|{every}"
-    todo = pending_times(t1, t2, every, db, key, force, max_times)
+    todo = pending_times(t1, t2, every, db, config, key, force, max_times)
     logger.info("backfill %s: %d of %d times to plan", key, len(todo), total)
     results = []
     for i, t in enumerate(todo):

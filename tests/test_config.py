@@ -397,15 +397,16 @@ def test_storage_from_the_environment_without_a_storage_table(monkeypatch, no_st
     assert (s.kind, s.s3.secret, s.s3.region) == ("duckdb", "only-in-env", "us-east-1")
 
 
-def test_a_lake_storage_is_refused_by_every_command_in_one_line(tmp_path):
+def test_a_lake_storage_is_refused_in_one_line_by_the_commands_that_do_not_run_on_it(tmp_path):
     from conftest import crm
     from crm.db import connect
 
     connect(tmp_path / "crm.duckdb").close()                    # a database exists: the command gets that far
     lake = tmp_path / "lake.toml"
     lake.write_text('[[shops]]\nshop_id = "s1"\n' + LAKE, encoding="utf-8")
-    for args in (["plan", "--as-of", "2026-11-24T10:00:00+08:00"], ["dispatch", "--dry-run"],
-                 ["ingest", str(tmp_path)], ["visits", "import", str(lake)]):
+    # ingest, plan and backfill run on the lake (tests/test_lake_pipeline.py); the others refuse it
+    for args in (["dispatch", "--dry-run"], ["visits", "import", str(lake)], ["report", "--as-of", "2026-11-24T10:00:00+08:00"],
+                 ["effect"], ["extract"]):
         result = crm("--db", str(tmp_path / "crm.duckdb"), "--config", str(lake), *args, env={"PREFECT_API_URL": ""})
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
@@ -414,11 +415,12 @@ def test_a_lake_storage_is_refused_by_every_command_in_one_line(tmp_path):
 
 
 def test_a_flow_run_refuses_a_lake_storage_before_touching_the_file(tmp_path, no_storage_env):
-    """A deployment's run reaches the flows without `crm`: the flows' session refuses too, and makes no file."""
+    """A deployment's run reaches the flows without `crm`: the session of a flow that does not run on the lake
+    (dispatch, visits, report) refuses too, and makes no file."""
     from crm.db import session
 
     settings = load_settings(_write(tmp_path, '[[shops]]\nshop_id = "s1"\n' + LAKE))
-    with pytest.raises(ConfigError, match=r'^\[storage\] kind = "ducklake": not yet supported by the flows; '):
+    with pytest.raises(ConfigError, match=r'^\[storage\] kind = "ducklake": not yet supported by this flow; '):
         with session(tmp_path / "crm.duckdb", settings):
             pass
     assert not (tmp_path / "crm.duckdb").exists()

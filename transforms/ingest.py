@@ -40,6 +40,7 @@ from typing import Callable
 import duckdb
 
 from crm.db import sql_text, transaction
+from crm.storage import layout
 
 # --------------------------------------------------------------------------------------------------
 # the entities of docs/rules.md §1, in load order (reviews and suppressions look up orders and customers)
@@ -228,7 +229,7 @@ def select_new(con: duckdb.DuckDBPyConnection, files: list[LandingFile], step: S
         if step:
             step("hash", f.size)
     if hashed:
-        _insert_rows(con, "INSERT OR REPLACE INTO ops.file_hashes", hashed,
+        _insert_rows(con, f"INSERT OR REPLACE INTO {layout.ops_table(con, 'file_hashes')}", hashed,
                      ("VARCHAR", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR"))
     known = {r[0] for r in con.execute("SELECT file_hash FROM ops.ingested_files").fetchall()}
     fresh, seen = [], set()
@@ -629,7 +630,7 @@ def _land_ndjson(con, entity: Entity, table: str, f: LandingFile, outcome: dict)
 # 3. stage: type, quarantine the bad, merge the good (newest wins)
 
 
-def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile]) -> int:
+def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile], ops: layout.Deferred) -> int:
     """Type the landed rows, quarantine the bad ones, merge the good ones; returns the good count."""
     land_view(con, entity, files)
     # the typed rows without their file's path (the same for all rows of a file, ~70 bytes a row): _merge
@@ -645,7 +646,7 @@ def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile]) -> int
                             else f"'{c}', l.\"{c}\"" for c in entity.columns)
         con.execute(
             f"""
-            INSERT INTO ops.quarantine
+            INSERT INTO {ops('quarantine')}
             SELECT ?, l._source_file, s._row_number,
                    coalesce(l._raw, json_merge_patch(json_object({as_json}), coalesce(l._extra, '{{}}'))::VARCHAR),
                    s._reject_reason, ?, now()
@@ -791,8 +792,16 @@ def load(
         # is an explicit column (_file_ord, _row_number, updated_at), so DuckDB need not keep insertion order
         # while it types, merges and writes: it writes in parallel and holds less (1M orders: ~20 % faster)
         con.execute("SET preserve_insertion_order = false")
-        with transaction(con):
-            _stage_all(con, landing_dir, new, outcome, result, started, validate, step)
+        # on the lake, the manifest and quarantine are written to PostgreSQL once the staged rows are committed
+        # (layout.Deferred): a run that dies between the two leaves its files unrecorded, and the next run
+        # loads them again, to the same rows (newest wins; an exact repeat is kept once)
+        ops = layout.Deferred(con, ("ingest_runs", "quarantine", "ingested_files"))
+        try:
+            with transaction(con):
+                _stage_all(con, landing_dir, new, outcome, result, started, validate, step, ops)
+            ops.flush()
+        finally:
+            ops.drop()
     finally:
         con.execute("RESET preserve_insertion_order")
         scratch.cleanup()
@@ -808,44 +817,44 @@ def load(
 
 
 def _stage_all(con, landing_dir, new: list[LandingFile], outcome: dict, result: IngestResult, started,
-               validate, step) -> None:
+               validate, step, ops: layout.Deferred) -> None:
     """Inside the run's transaction: stage every entity, record the manifest, validate."""
-    ingest_id = con.execute("SELECT nextval('ops.ingest_run_seq')").fetchone()[0]
+    ingest_id = layout.next_ingest_id(con)
     result.ingest_id = ingest_id
-    con.execute("INSERT INTO ops.ingest_runs (ingest_id, landing_dir, started_at) VALUES (?, ?, ?)",
+    con.execute(f"INSERT INTO {ops('ingest_runs')} (ingest_id, landing_dir, started_at) VALUES (?, ?, ?)",
                 [ingest_id, str(Path(landing_dir).resolve()), started])
-    con.execute(f"INSERT INTO ops.quarantine SELECT *, ?, now() FROM {_PENDING}", [ingest_id])
+    con.execute(f"INSERT INTO {ops('quarantine')} SELECT *, ?, now() FROM {_PENDING}", [ingest_id])
     con.execute("CREATE OR REPLACE TEMP TABLE _files AS SELECT unnest(?::INTEGER[]) AS _file_ord, "
                 "unnest(?::VARCHAR[]) AS _source_file", [[f.order for f in new], [str(f.path) for f in new]])
     for entity in ENTITIES.values():
         mine = [f for f in new if f.entity == entity.name]
         counts = result.entities.setdefault(entity.name, EntityCounts(files=len(mine)))
-        counts.rows_loaded = _stage(con, entity, ingest_id, mine)
+        counts.rows_loaded = _stage(con, entity, ingest_id, mine, ops)
         counts.rows_read = sum(outcome[f.sha256][1] for f in mine)
         counts.rows_quarantined = con.execute(
-            "SELECT count(*) FROM ops.quarantine WHERE ingest_id = ? AND entity = ? AND row_number IS NOT NULL",
+            f"SELECT count(*) FROM {ops('quarantine')} WHERE ingest_id = ? AND entity = ? AND row_number IS NOT NULL",
             [ingest_id, entity.name]).fetchone()[0]
         result.files_quarantined += [str(f.path) for f in mine if outcome[f.sha256][0] == "quarantined"]
         if step and mine:
             step(f"stage {entity.name}", 0)
-    _record_manifest(con, new, outcome, ingest_id)
+    _record_manifest(con, new, outcome, ingest_id, ops)
     if validate is not None:
         result.validation = validate(con, ingest_id)
     con.execute(
-        "UPDATE ops.ingest_runs SET finished_at = now(), files_seen = ?, files_new = ?, rows_loaded = ?, "
+        f"UPDATE {ops('ingest_runs')} SET finished_at = now(), files_seen = ?, files_new = ?, rows_loaded = ?, "
         "rows_quarantined = ?, status = 'ok' WHERE ingest_id = ?",
         [result.files_seen, result.files_new, result.rows_loaded, result.rows_quarantined, ingest_id],
     )
 
 
-def _record_manifest(con, new: list[LandingFile], outcome: dict, ingest_id: int) -> None:
+def _record_manifest(con, new: list[LandingFile], outcome: dict, ingest_id: int, ops: layout.Deferred) -> None:
     rows = [(f.sha256, f.entity, str(f.path), f.size, f.format or "unknown", outcome[f.sha256][1], 0,
              outcome[f.sha256][0], ingest_id) for f in new]
-    _insert_rows(con, "INSERT INTO ops.ingested_files", rows, ("VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "VARCHAR",
+    _insert_rows(con, f"INSERT INTO {ops('ingested_files')}", rows, ("VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "VARCHAR",
                                                               "BIGINT", "BIGINT", "VARCHAR", "INTEGER"), ", now()")
     con.execute(
-        "UPDATE ops.ingested_files m SET rows_quarantined = q.n FROM (SELECT source_file, count(*) AS n "
-        "FROM ops.quarantine WHERE ingest_id = ? AND row_number IS NOT NULL GROUP BY source_file) q "
+        f"UPDATE {ops('ingested_files')} m SET rows_quarantined = q.n FROM (SELECT source_file, count(*) AS n "
+        f"FROM {ops('quarantine')} WHERE ingest_id = ? AND row_number IS NOT NULL GROUP BY source_file) q "
         "WHERE m.path = q.source_file AND m.ingest_id = ?",
         [ingest_id, ingest_id],
     )

@@ -5,8 +5,9 @@ operational tables in a PostgreSQL database of their own (`ops_dsn`).
 
 :func:`connect_lake` opens that layout on one DuckDB connection: the extensions loaded offline from their wheels
 (crm/storage/extensions.py), the S3 secret for an s3:// data path, the lake attached as `lake` (its schemas
-created when missing) and the ops database as `opsdb`. The pipeline's commands do not use it yet: they refuse
-`kind = "ducklake"` in one line (crm/cli.py), and docs/scale-out.md is the plan for the rest.
+created when missing) and the ops database as `opsdb`. :func:`connect_layout` is what the pipeline works in: that
+connection with the lake as its current database and every table of sql/schema.sql where crm/storage/layout.py
+places it, so that the same SQL runs on both storages.
 
 Every failure is one line naming the key it comes from (StorageError; ExtensionError for an extension wheel that
 does not match the installed duckdb); a password or secret never appears in it.
@@ -22,7 +23,7 @@ import duckdb
 from crm.config import Storage
 from crm.storage.extensions import ExtensionError
 
-__all__ = ["LAKE", "OPS", "LAKE_SCHEMAS", "StorageError", "ExtensionError", "connect_lake", "mask"]
+__all__ = ["LAKE", "OPS", "LAKE_SCHEMAS", "StorageError", "ExtensionError", "connect_lake", "connect_layout", "mask"]
 
 LAKE = "lake"                          # the DuckLake's name on the connection: lake.staging.…, lake.marts.…
 OPS = "opsdb"                          # the ops database's: opsdb.public.…
@@ -91,6 +92,28 @@ def connect_lake(storage: Storage, *, data_inlining_row_limit: int | None = None
                   f"cannot create the lake's schema {schema}", secrets)
         _step(con, f"ATTACH {_lit(storage.ops_dsn)} AS {OPS} (TYPE postgres)", "[storage] ops_dsn",
               "cannot reach the ops database", secrets)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def connect_layout(storage: Storage) -> duckdb.DuckDBPyConnection:
+    """connect_lake, then the pipeline's tables (crm/storage/layout.py) and macros, with the lake as the current
+    database: `staging.x`, `marts.x` and `ops.x` mean what they mean in the DuckDB file."""
+    from crm.db import _views, sql_text
+    from crm.storage import layout
+
+    con = connect_lake(storage)
+    try:
+        con.execute(f"USE {LAKE}")
+        con.execute("SET TimeZone = 'UTC'")
+        layout.create(con)
+        _views(con)
+        con.execute(sql_text("macros.sql"))
+    except duckdb.Error as e:
+        con.close()
+        raise StorageError(f"[storage]: cannot set up the lake's tables: {mask(_first_line(e))}") from None
     except BaseException:
         con.close()
         raise

@@ -1,0 +1,137 @@
+"""Ingest, plan and backfill on the lake layout (`[storage] kind = "ducklake"`, docs/rules.md §10): the same landing and
+the same T give the same `marts.*` rows as on the embedded DuckDB file, row for row, on the demo's data and on a
+DST night; the manifest, the quarantine and the file hashes are in PostgreSQL, where a second ingest finds them; the
+`crm` commands run there as a user runs them. Each test takes its own databases in the session's PostgreSQL cluster
+(tests/postgres.py) and its own data folder."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import crm
+from crm.config import Storage, load_settings, parse_settings
+from crm.db import session
+from crm.demo import generate
+from crm.storage import layout
+from postgres import postgres  # noqa: F401  (the session's fixture)
+from test_plan_reference import CASES, VARIANTS, write_landing
+from test_plan_reference import generate as reference_data
+from transforms.ingest import load
+from transforms.plan import plan
+from transforms.validate import validate_ingest
+
+UTC = timezone.utc
+T = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _own_extension_directory(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CRM_DUCKDB_EXTENSIONS", str(tmp_path_factory.getbasetemp() / "duckdb-extensions"))
+
+
+def lake_of(postgres, folder: Path) -> Storage:  # noqa: F811
+    return Storage(kind="ducklake", catalog="postgres:" + postgres.keywords(postgres.database("lake")),
+                   data_path=str(folder), ops_dsn=postgres.uri(postgres.database("ops")))
+
+
+def marts(con) -> dict[str, list[str]]:
+    """Every marts table and view, its rows as sorted text (the same rows in any order compare equal)."""
+    names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'marts' "
+                                       "AND table_catalog = current_database() ORDER BY 1").fetchall()]
+    return {name: sorted(repr(r) for r in con.execute(f"SELECT * FROM marts.{name}").fetchall()) for name in names}
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    out = [f"{name}: only on one storage" for name in sorted(set(a) ^ set(b))]
+    for name in sorted(set(a) & set(b)):
+        if a[name] != b[name]:
+            only_a = [r for r in a[name] if r not in set(b[name])][:3]
+            only_b = [r for r in b[name] if r not in set(a[name])][:3]
+            out.append(f"{name}: {len(a[name])} rows vs {len(b[name])}; file only {only_a}; lake only {only_b}")
+    return out
+
+
+def test_demo_data_gives_the_same_marts_on_both_storages(postgres, tmp_path):  # noqa: F811
+    generate(tmp_path, orders=2000, anchor=T)
+    settings = load_settings(tmp_path / "shops.toml")
+    lake = settings.model_copy(update={"storage": lake_of(postgres, tmp_path / "lake")})
+    got = {}
+    for name, s in (("file", settings), ("lake", lake)):
+        with session(tmp_path / "crm.duckdb", s, lake=True) as con:
+            loaded = load(con, tmp_path / "landing", validate=validate_ingest)
+            plan(con, T - timedelta(hours=30))
+            plan(con, T)
+            got[name] = (loaded.rows_loaded, loaded.rows_quarantined, marts(con))
+    assert got["file"][:2] == got["lake"][:2] and got["file"][0] > 5000 and got["file"][1] > 0
+    assert sum(map(len, got["file"][2].values())) > 1000        # decisions, tasks and segments were made
+    problems = differences(got["file"][2], got["lake"][2])
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("seed,when,overrides", [c for c in CASES if c[0] in (2, 6)],
+                         ids=["new-york-fall-back", "berlin-fall-back"])
+def test_a_dst_night_gives_the_same_marts_on_both_storages(postgres, tmp_path, seed, when, overrides):  # noqa: F811
+    """The reference cases on the night the clocks go back (an hour that happens twice), with messages already
+    sent before T, planned at T, at T - 26 h, and at T again."""
+    data = reference_data(seed, when, overrides)
+    write_landing(data, tmp_path / "landing")
+    settings = parse_settings({"shops": data["raw_shops"]})
+    lake = settings.model_copy(update={"storage": lake_of(postgres, tmp_path / "lake")})
+    got = {}
+    for name, s in (("file", settings), ("lake", lake)):
+        with session(tmp_path / "crm.duckdb", s, lake=True) as con:
+            load(con, tmp_path / "landing")
+            con.executemany(
+                f"INSERT INTO {layout.ops_table(con, 'messages')} (message_id, purpose, shop_id, order_id, customer_id, "
+                "channel, status, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                [[m["message_id"], m["purpose"], m["shop_id"], m["order_id"], m["customer_id"], m["channel"],
+                  m["status"], m["created_at"]] for m in data["messages"]])
+            for t in (when, when - timedelta(hours=26), when):
+                plan(con, t, variants=list(VARIANTS))
+            got[name] = marts(con)
+    assert len(got["file"]["reminder_decisions"]) > 20 and len(got["file"]["visit_tasks"]) > 5
+    problems = differences(got["file"], got["lake"])
+    assert not problems, "\n".join(problems)
+
+
+def _lake_shops(tmp_path: Path, storage: Storage) -> Path:
+    """The demo's shops file with a [storage] table for `storage`."""
+    text = (tmp_path / "shops.toml").read_text(encoding="utf-8")
+    text += ('\n[storage]\nkind = "ducklake"\n'
+             f'catalog = {json.dumps(storage.catalog)}\ndata_path = {json.dumps(storage.data_path)}\n'
+             f'ops_dsn = {json.dumps(storage.ops_dsn)}\n')
+    path = tmp_path / "lake.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_crm_ingest_plan_and_backfill_run_on_the_lake(postgres, tmp_path, local_server):  # noqa: F811
+    """As a user runs them: `crm ingest` twice (the second finds every file in the manifest, in PostgreSQL), then
+    `crm plan` and `crm backfill`, their flow runs on the local Prefect server; the lake's rows are the marts."""
+    generate(tmp_path, orders=800, anchor=T)
+    storage = lake_of(postgres, tmp_path / "lake")
+    config = _lake_shops(tmp_path, storage)
+    common = ("--db", str(local_server), "--config", str(config))
+    first = crm(*common, "ingest", str(tmp_path / "landing"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = crm(*common, "ingest", str(tmp_path / "landing"))
+    assert again.returncode == 0 and "nothing new: all" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    planned = crm(*common, "plan", "--as-of", T.isoformat())
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    filled = crm(*common, "backfill", "--from", (T - timedelta(hours=2)).isoformat(), "--to", T.isoformat(), "--every", "1h")
+    assert filled.returncode == 0, filled.stderr[-3000:]
+    assert "backfill planned 3 times" in filled.stdout, filled.stdout[-2000:]
+    settings = load_settings(config)
+    with session(tmp_path / "unused.duckdb", settings, lake=True) as con:
+        runs = con.execute("SELECT count(*), sum(files_new) FROM opsdb.ingest_runs").fetchone()
+        files = con.execute("SELECT count(*) FROM opsdb.ingested_files").fetchone()[0]
+        hashes = con.execute("SELECT count(*) FROM opsdb.file_hashes").fetchone()[0]
+        times = {r[0] for r in con.execute("SELECT DISTINCT as_of FROM marts.reminder_decisions").fetchall()}
+        decisions = con.execute("SELECT count(*) FROM marts.reminder_decisions WHERE as_of = ?", [T]).fetchone()[0]
+    assert runs[0] == 1 and runs[1] == files == hashes > 5        # the second ingest found nothing new
+    assert times == {T - timedelta(hours=2), T - timedelta(hours=1), T} and decisions > 0
+    assert not (tmp_path / "unused.duckdb").exists()

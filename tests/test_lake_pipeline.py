@@ -20,7 +20,7 @@ from crm.storage import layout
 from postgres import postgres  # noqa: F401  (the session's fixture)
 from test_plan_reference import CASES, VARIANTS, write_landing
 from test_plan_reference import generate as reference_data
-from transforms.ingest import load
+from transforms.ingest import ENTITIES, load
 from transforms.plan import plan
 from transforms.validate import validate_ingest
 
@@ -135,3 +135,32 @@ def test_crm_ingest_plan_and_backfill_run_on_the_lake(postgres, tmp_path, local_
     assert runs[0] == 1 and runs[1] == files == hashes > 5        # the second ingest found nothing new
     assert times == {T - timedelta(hours=2), T - timedelta(hours=1), T} and decisions > 0
     assert not (tmp_path / "unused.duckdb").exists()
+
+
+def test_a_failed_validation_leaves_neither_the_lake_nor_postgresql_changed(postgres, tmp_path):  # noqa: F811
+    """The run's validation raising (as a critical failure does) rolls the lake's transaction back, and the manifest,
+    quarantine and run record never reach PostgreSQL: the next ingest loads every file, once."""
+    generate(tmp_path, orders=500, anchor=T)
+    settings = load_settings(tmp_path / "shops.toml")
+    lake = settings.model_copy(update={"storage": lake_of(postgres, tmp_path / "lake")})
+
+    def failing(con, ingest_id):
+        validate_ingest(con, ingest_id)
+        raise RuntimeError("a critical expectation failed")
+
+    with session(tmp_path / "unused.duckdb", lake, lake=True) as con:
+        with pytest.raises(RuntimeError, match="critical"):
+            load(con, tmp_path / "landing", validate=failing)
+        left = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in
+                ("staging.orders", "staging.customers", "opsdb.ingest_runs", "opsdb.ingested_files", "opsdb.quarantine")]
+        assert left == [0, 0, 0, 0, 0]
+        assert not con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name LIKE '_ops_%'").fetchone()[0]
+        loaded = load(con, tmp_path / "landing", validate=validate_ingest)
+        assert con.execute("SELECT count(*) FROM opsdb.quarantine WHERE row_number IS NOT NULL").fetchone()[0] \
+            == loaded.rows_quarantined > 0
+        assert load(con, tmp_path / "landing", validate=validate_ingest).files_new == 0
+        staged = [con.execute(f"SELECT count(*) FROM staging.{t}").fetchone()[0] for t in ENTITIES]
+    with session(tmp_path / "crm.duckdb", settings) as con:                 # the same files, once, into the file
+        load(con, tmp_path / "landing", validate=validate_ingest)
+        assert staged == [con.execute(f"SELECT count(*) FROM staging.{t}").fetchone()[0] for t in ENTITIES]
+    assert sum(staged) > 1000

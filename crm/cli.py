@@ -800,6 +800,28 @@ def storage_check() -> None:
                   highlight=False)
 
 
+@storage_app.command("maintain")
+def storage_maintain(
+    keep_days: int = typer.Option(7, "--keep-days", min=0, help="Keep snapshots (time travel) and their files this many days."),
+    now: Optional[str] = typer.Option(None, "--now", help="The present, ISO 8601 with an offset or Z; default now."),
+) -> None:
+    """The lake's upkeep, as the daily lake-maintenance deployment runs it: flush the rows small inserts left in the
+    catalog, merge small files, expire old snapshots, delete the files no snapshot needs (docs/rules.md §10)."""
+    _check_time(now, "--now")
+    _settings(lake=True)
+    s = _run_flow("lake upkeep", "flows.maintenance:maintenance_flow", db=str(STATE.db), config=str(STATE.config),
+                  keep_days=keep_days, now=now)
+    if s["kind"] != "ducklake":
+        console.print(f'kind = "{s["kind"]}": nothing to maintain (the lake\'s upkeep is for kind = "ducklake")',
+                      highlight=False)
+        return
+    console.print(f"lake: {s['snapshots_before']:,} → {s['snapshots_after']:,} snapshots; {s['files_before']:,} → "
+                  f"{s['files_after']:,} data files in use (rows the catalog held become files; small files merge)",
+                  highlight=False)
+    for step, r in s["steps"].items():
+        console.print(f"  {step}: {r['rows']:,} in {r['seconds']:.2f} s", highlight=False)
+
+
 def main() -> None:
     for group in (app, server_app, visits_app, storage_app):          # every command's help as light as the groups'
         for command in group.registered_commands:

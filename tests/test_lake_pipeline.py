@@ -164,3 +164,30 @@ def test_a_failed_validation_leaves_neither_the_lake_nor_postgresql_changed(post
         load(con, tmp_path / "landing", validate=validate_ingest)
         assert staged == [con.execute(f"SELECT count(*) FROM staging.{t}").fetchone()[0] for t in ENTITIES]
     assert sum(staged) > 1000
+
+
+def test_crm_storage_maintain_merges_files_and_expires_snapshots_keeping_the_rows(postgres, tmp_path, local_server):  # noqa: F811
+    """The daily upkeep as a user runs it: after an ingest and several plans (each a commit and small files), `crm
+    storage maintain` leaves one snapshot, deletes the files merged away, and every mart keeps its rows; on the DuckDB
+    file it says it has nothing to do."""
+    generate(tmp_path, orders=600, anchor=T)
+    storage = lake_of(postgres, tmp_path / "lake")
+    config = _lake_shops(tmp_path, storage)
+    common = ("--db", str(local_server), "--config", str(config))
+    settings = load_settings(config)
+    with session(tmp_path / "unused.duckdb", settings, lake=True) as con:
+        load(con, tmp_path / "landing")
+        for hours in (3, 2, 1, 0):
+            plan(con, T - timedelta(hours=hours))
+        before = marts(con)
+    done = crm(*common, "storage", "maintain", "--keep-days", "0", "--now", (T + timedelta(days=30)).isoformat())
+    assert done.returncode == 0, done.stderr[-3000:]
+    snapshots = [int(n.replace(",", "")) for n in done.stdout.split("lake: ")[1].split(" snapshots")[0].split(" → ")]
+    deleted = int(done.stdout.split("clean up old files: ")[1].split(" ")[0].replace(",", ""))
+    assert snapshots[1] == 1 < snapshots[0], done.stdout                # nothing is kept older than --now - 0 days
+    assert deleted > 0, done.stdout                                    # the files the merge replaced
+    assert "merge adjacent files: " in done.stdout and "flush inlined data: " in done.stdout
+    with session(tmp_path / "unused.duckdb", settings, lake=True) as con:
+        assert marts(con) == before
+    on_file = crm("--db", str(local_server), "--config", str(tmp_path / "shops.toml"), "storage", "maintain")
+    assert on_file.returncode == 0 and 'kind = "duckdb": nothing to maintain' in on_file.stdout, on_file.stderr[-2000:]

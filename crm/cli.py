@@ -74,6 +74,7 @@ class Ctx:
     config: Path
     config_given: bool = False      # --config or CRM_CONFIG, not the default
     command: str = "crm"            # the command running, e.g. "crm plan"
+    partition: Optional[int] = None  # --partition / CRM_PARTITION: a partitioned lake's partition
 
 
 STATE = Ctx()
@@ -94,8 +95,10 @@ def main_options(
     ctx: typer.Context,
     db: Path = typer.Option(DEFAULT_DB, "--db", envvar="CRM_DB", help="The DuckDB file.", show_default=True),
     config: Path = typer.Option(DEFAULT_CONFIG, "--config", envvar="CRM_CONFIG", help="The shops configuration file."),
+    partition: Optional[int] = typer.Option(None, "--partition", envvar="CRM_PARTITION", metavar="K",
+                                            help="On a lake with [storage] partitions = P: the partition (0…P-1) to work on."),
 ) -> None:
-    STATE.db, STATE.config = db, config
+    STATE.db, STATE.config, STATE.partition = db, config, partition
     STATE.config_given = ctx.get_parameter_source("config").name != "DEFAULT"
 
 
@@ -117,6 +120,13 @@ def _settings(*, lake: bool = False):
         fail(f'{STATE.config}: [storage] kind = "{settings.storage.kind}": not yet supported by {STATE.command}; '
              'this version runs ingest, plan and backfill on the lake, the rest on the embedded DuckDB file only '
              '(kind = "duckdb", the file --db names)')
+    if lake:
+        from crm.storage import partitions
+
+        try:
+            partitions.check(settings.storage, STATE.partition)
+        except ConfigError as e:
+            fail(f"{STATE.config}: {e}")
     return settings
 
 
@@ -269,7 +279,8 @@ def ingest(landing_dir: Path = typer.Argument(..., help="Folder with one subfold
     if not landing_dir.is_dir():
         fail(f"{landing_dir}: landing folder not found")
     _settings(lake=True)
-    summary = _run_flow("ingest", "flows.ingest:ingest_flow", landing_dir=str(landing_dir), db=str(STATE.db), config=str(STATE.config))
+    summary = _run_flow("ingest", "flows.ingest:ingest_flow", landing_dir=str(landing_dir), db=str(STATE.db), config=str(STATE.config),
+                        partition=STATE.partition)
     _print_ingest(summary)
 
 
@@ -358,7 +369,8 @@ def plan(as_of: Optional[str] = typer.Option(None, "--as-of", help="T, ISO 8601 
     """Write the marts for T: reminder decisions, visit tasks, customer segments (rules: docs/rules.md §2-5)."""
     _check_time(as_of, "--as-of")
     _require_db(_settings(lake=True))
-    summary = _run_flow("plan", "flows.plan:plan_flow", as_of=as_of, db=str(STATE.db), config=str(STATE.config))
+    summary = _run_flow("plan", "flows.plan:plan_flow", as_of=as_of, db=str(STATE.db), config=str(STATE.config),
+                        partition=STATE.partition)
     _print_plan(summary)
 
 
@@ -383,7 +395,8 @@ def backfill(
         fail(str(e))
     _require_db(_settings(lake=True))
     summary = _run_flow("backfill", "flows.plan:backfill_flow", start=start, end=end, every=every,
-                        db=str(STATE.db), config=str(STATE.config), force=force, max_times=limit)
+                        db=str(STATE.db), config=str(STATE.config), force=force, max_times=limit,
+                        partition=STATE.partition)
     console.print(f"backfill planned {summary['planned']} times, skipped {summary['skipped']} already planned")
     for t in summary["times"][-3:]:
         console.print(f"  {t['as_of']}: {t['unpaid_orders']:,} unpaid, {t['decisions'].get('remind', 0):,} to remind, "
@@ -810,7 +823,7 @@ def storage_maintain(
     _check_time(now, "--now")
     _settings(lake=True)
     s = _run_flow("lake upkeep", "flows.maintenance:maintenance_flow", db=str(STATE.db), config=str(STATE.config),
-                  keep_days=keep_days, now=now)
+                  keep_days=keep_days, now=now, partition=STATE.partition)
     if s["kind"] != "ducklake":
         console.print(f'kind = "{s["kind"]}": nothing to maintain (the lake\'s upkeep is for kind = "ducklake")',
                       highlight=False)

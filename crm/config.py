@@ -391,6 +391,9 @@ class Storage(_Strict):
     catalog: str = ""                      # ducklake: "postgres:<libpq connection string>" of DuckLake's catalog
     data_path: str = ""                    # ducklake: a folder, or "s3://bucket/prefix/"
     ops_dsn: str = ""                      # ducklake: the PostgreSQL database of the ops tables
+    # ducklake: the shops split into this many partitions, each a lake of its own that one worker at a time writes
+    # (crm/storage/partitions.py); a command names its partition (--partition / CRM_PARTITION)
+    partitions: int = Field(1, ge=1, le=1024)
     s3: S3 = S3()
 
     @field_validator("catalog")

@@ -174,11 +174,13 @@ SHOP_COLUMNS = """
 
 
 @contextmanager
-def session(db: str | Path, settings, *, lake: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def session(db: str | Path, settings, *, lake: bool = False,
+            partition: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writing connection with the configured shops (ops.shops and the per-shop macros) in place,
     closed afterwards: what every flow task works in. On `[storage] kind = "ducklake"` the connection is the lake
     layout's (crm/storage/layout.py: the same table names, `db` unused) for a step that runs there (`lake`: ingest
-    and plan); any other step refuses it before a file is touched (a deployment's run gets here without `crm`)."""
+    and plan); any other step refuses it before a file is touched (a deployment's run gets here without `crm`).
+    `partition`: on a partitioned lake, that partition's lake and shops (crm/storage/partitions.py)."""
     kind = settings.storage.kind
     if kind != "duckdb" and not lake:
         from crm.config import ConfigError
@@ -186,10 +188,15 @@ def session(db: str | Path, settings, *, lake: bool = False) -> Iterator[duckdb.
         raise ConfigError(f'[storage] kind = "{kind}": not yet supported by this flow; this version runs ingest, '
                           'plan and backfill on the lake, the rest on the embedded DuckDB file only (kind = "duckdb")')
     if kind == "ducklake":
-        from crm.storage import connect_layout
+        from crm.storage import connect_layout, partitions
 
-        con = connect_layout(settings.storage)
+        settings = partitions.of(settings, partition)
+        con = connect_layout(settings.storage, partitions.check(settings.storage, partition))
     else:
+        if partition is not None:
+            from crm.storage import partitions
+
+            partitions.check(settings.storage, partition)       # one line: the file has no partitions
         con = connect(db)
     try:
         sync_shops(con, settings)

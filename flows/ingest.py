@@ -10,15 +10,16 @@ from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
 from crm.db import DatabaseLocked, session
 from crm.db import publish as publish_run
+from flows.partition import serial
 from flows.retry import only_transient
 from transforms.ingest import load
 from transforms.validate import describe, validate_ingest
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
-def load_landing(landing_dir: str, db: str, config: str) -> dict:
+def load_landing(landing_dir: str, db: str, config: str, partition: int | None = None) -> dict:
     settings = load_settings(config)
-    with session(db, settings, lake=True) as con:
+    with serial(partition), session(db, settings, lake=True, partition=partition) as con:
         result = load(con, landing_dir, validate=validate_ingest, step=progress.step)
         if result.ingest_id is not None:
             publish_run(con, db, settings)
@@ -36,9 +37,11 @@ def load_landing(landing_dir: str, db: str, config: str) -> dict:
 
 
 @flow(name="ingest", log_prints=False)
-def ingest_flow(landing_dir: str, db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG) -> dict:
+def ingest_flow(landing_dir: str, db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG,
+                partition: int | None = None) -> dict:
+    """Load the landing folder's new files (`partition`: of that partition of a partitioned lake)."""
     logger = get_run_logger()
-    summary = load_landing(landing_dir, db, config)
+    summary = load_landing(landing_dir, db, config, partition)
     logger.info("ingest %s: %d of %d files new, %d rows loaded, %d quarantined",
                 summary["ingest_id"], summary["files_new"], summary["files_seen"],
                 summary["rows_loaded"], summary["rows_quarantined"])

@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS ops.ingested_files (
     ingest_id       INTEGER NOT NULL,
     loaded_at       TIMESTAMPTZ NOT NULL
 );
+-- the lake's partition whose run loaded it (crm/storage/partitions.py; each partition loads a content once, and on
+-- such a lake the key is (file_hash, lake_partition)); NULL: the file, or a lake without partitions
+ALTER TABLE ops.ingest_runs ADD COLUMN IF NOT EXISTS lake_partition INTEGER;
+ALTER TABLE ops.ingested_files ADD COLUMN IF NOT EXISTS lake_partition INTEGER;
 
 -- the hash of each path as last seen: a file whose size, mtime, ctime and inode are unchanged is not read
 -- again to hash it (transforms/ingest.py select_new); only a cache, the manifest above decides what is new

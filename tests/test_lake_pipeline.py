@@ -191,3 +191,61 @@ def test_crm_storage_maintain_merges_files_and_expires_snapshots_keeping_the_row
         assert marts(con) == before
     on_file = crm("--db", str(local_server), "--config", str(tmp_path / "shops.toml"), "storage", "maintain")
     assert on_file.returncode == 0 and 'kind = "duckdb": nothing to maintain' in on_file.stdout, on_file.stderr[-2000:]
+
+
+def test_two_partitions_at_once_give_together_the_marts_of_one_file(postgres, tmp_path, local_server):  # noqa: F811
+    """[storage] partitions = 4 puts the demo's s1 in partition 2 and s2, s3 in partition 3 (crm/storage/partitions.py).
+    Both partitions ingest the same landing folder and plan, as two `crm` processes at the same time: neither refuses
+    the other (each is a lake of its own), each keeps only its shops' rows (another partition's shop is quarantined
+    as not configured there), and their marts together are, row for row, the marts of the one DuckDB file."""
+    import subprocess
+    import sys
+
+    from crm.storage import partitions
+
+    generate(tmp_path, orders=1500, anchor=T)
+    settings = load_settings(tmp_path / "shops.toml")
+    assert [partitions.bucket(s.shop_id, 4) for s in settings.shops] == [2, 3, 3]
+    storage = lake_of(postgres, tmp_path / "lake").model_copy(update={"partitions": 4})
+    config = _lake_shops(tmp_path, storage)
+    config.write_text(config.read_text(encoding="utf-8") + "partitions = 4\n", encoding="utf-8")
+    script = ("import subprocess, sys\n"
+              "for args in (['ingest', sys.argv[2]], ['plan', '--as-of', sys.argv[3]]):\n"
+              "    r = subprocess.run([sys.argv[1], *sys.argv[4:], *args], capture_output=True, text=True)\n"
+              "    if r.returncode: sys.exit(r.stderr[-3000:])\n")
+    env = {**__import__("os").environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(Path(sys.executable).parent / "crm"),
+                              str(tmp_path / "landing"), T.isoformat(), "--db", str(local_server), "--config",
+                              str(config), "--partition", str(k)], env=env, stderr=subprocess.PIPE, text=True)
+            for k in (2, 3)]
+    for run in runs:
+        assert run.wait(timeout=600) == 0, run.stderr.read()
+    lake = load_settings(config)
+    together: dict[str, list[str]] = {}
+    for k in (2, 3):
+        with session(tmp_path / "unused.duckdb", lake, lake=True, partition=k) as con:
+            shops = {r[0] for r in con.execute("SELECT DISTINCT shop_id FROM staging.orders").fetchall()}
+            assert shops == {s.shop_id for s in settings.shops if partitions.bucket(s.shop_id, 4) == k}
+            for name, rows in marts(con).items():
+                together[name] = sorted(together.get(name, []) + rows)
+    with session(tmp_path / "crm.duckdb", settings) as con:
+        load(con, tmp_path / "landing")
+        plan(con, T)
+        one = marts(con)
+    problems = differences(one, together)
+    assert not problems, "\n".join(problems)
+    assert len(one["reminder_decisions"]) > 20
+
+
+def test_a_partitioned_lake_needs_the_partition_named_in_one_line(postgres, tmp_path):  # noqa: F811
+    generate(tmp_path, orders=200, anchor=T)
+    storage = lake_of(postgres, tmp_path / "lake")
+    config = _lake_shops(tmp_path, storage)
+    config.write_text(config.read_text(encoding="utf-8") + "partitions = 4\n", encoding="utf-8")
+    for extra, words in (([], "[storage] partitions = 4: name the partition this command works on (--partition 0…3"),
+                         (["--partition", "4"], "--partition 4: [storage] partitions = 4 has partitions 0…3")):
+        out = crm("--config", str(config), *extra, "plan", "--as-of", T.isoformat(), env={"PREFECT_API_URL": ""})
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 2 and len(lines) == 1 and words in lines[0], out.stderr[-2000:]
+    out = crm("--config", str(tmp_path / "shops.toml"), "--partition", "1", "plan", env={"PREFECT_API_URL": ""})
+    assert out.returncode == 2 and "--partition 1: [storage] has no partitions" in out.stderr, out.stderr[-2000:]

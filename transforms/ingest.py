@@ -229,9 +229,19 @@ def select_new(con: duckdb.DuckDBPyConnection, files: list[LandingFile], step: S
         if step:
             step("hash", f.size)
     if hashed:
-        _insert_rows(con, f"INSERT OR REPLACE INTO {layout.ops_table(con, 'file_hashes')}", hashed,
-                     ("VARCHAR", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR"))
-    known = {r[0] for r in con.execute("SELECT file_hash FROM ops.ingested_files").fetchall()}
+        types = ("VARCHAR", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR")
+        if layout.on_lake(con):
+            # PostgreSQL, shared with the other partitions' runs, which may be hashing the same paths this moment:
+            # the stale rows out, then the new ones in unless another run has just put them there
+            con.execute(f"DELETE FROM {layout.OPS}.file_hashes WHERE path IN (SELECT unnest(?::VARCHAR[]))",
+                        [[h[0] for h in hashed]])
+            _insert_rows(con, f"INSERT INTO {layout.OPS}.file_hashes", hashed, types, " ON CONFLICT DO NOTHING")
+        else:
+            _insert_rows(con, "INSERT OR REPLACE INTO ops.file_hashes", hashed, types)
+    # on a partitioned lake, what this partition loaded: the manifest is shared by the partitions
+    known = {r[0] for r in con.execute(
+        "SELECT file_hash FROM ops.ingested_files WHERE lake_partition IS NOT DISTINCT FROM getvariable('crm_partition')"
+    ).fetchall()}
     fresh, seen = [], set()
     for f in files:
         if f.sha256 in known or f.sha256 in seen:
@@ -821,7 +831,8 @@ def _stage_all(con, landing_dir, new: list[LandingFile], outcome: dict, result: 
     """Inside the run's transaction: stage every entity, record the manifest, validate."""
     ingest_id = layout.next_ingest_id(con)
     result.ingest_id = ingest_id
-    con.execute(f"INSERT INTO {ops('ingest_runs')} (ingest_id, landing_dir, started_at) VALUES (?, ?, ?)",
+    con.execute(f"INSERT INTO {ops('ingest_runs')} (ingest_id, landing_dir, started_at, lake_partition) "
+                "VALUES (?, ?, ?, getvariable('crm_partition'))",
                 [ingest_id, str(Path(landing_dir).resolve()), started])
     con.execute(f"INSERT INTO {ops('quarantine')} SELECT *, ?, now() FROM {_PENDING}", [ingest_id])
     con.execute("CREATE OR REPLACE TEMP TABLE _files AS SELECT unnest(?::INTEGER[]) AS _file_ord, "
@@ -851,7 +862,8 @@ def _record_manifest(con, new: list[LandingFile], outcome: dict, ingest_id: int,
     rows = [(f.sha256, f.entity, str(f.path), f.size, f.format or "unknown", outcome[f.sha256][1], 0,
              outcome[f.sha256][0], ingest_id) for f in new]
     _insert_rows(con, f"INSERT INTO {ops('ingested_files')}", rows, ("VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "VARCHAR",
-                                                              "BIGINT", "BIGINT", "VARCHAR", "INTEGER"), ", now()")
+                                                              "BIGINT", "BIGINT", "VARCHAR", "INTEGER"),
+                 ", now(), getvariable('crm_partition')::INTEGER")
     con.execute(
         f"UPDATE {ops('ingested_files')} m SET rows_quarantined = q.n FROM (SELECT source_file, count(*) AS n "
         f"FROM {ops('quarantine')} WHERE ingest_id = ? AND row_number IS NOT NULL GROUP BY source_file) q "

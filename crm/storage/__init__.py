@@ -53,17 +53,21 @@ def _first_line(e: BaseException) -> str:
     return " ".join(lines[:2]) if lines else type(e).__name__
 
 
-def data_path_of(storage: Storage) -> str:
+def data_path_of(storage: Storage, partition: int | None = None) -> str:
     """The data path as DuckLake is given it: s3:// as written, a folder made absolute (every process then names
-    the same one, whatever its working directory), both ending in /."""
+    the same one, whatever its working directory), both ending in /; a partition's is `p<k>/` under it."""
     path = storage.data_path if storage.on_s3 else str(Path(storage.data_path).expanduser().resolve())
-    return path if path.endswith("/") else path + "/"
+    path = path if path.endswith("/") else path + "/"
+    return path if partition is None else f"{path}p{partition}/"
 
 
-def connect_lake(storage: Storage, *, data_inlining_row_limit: int | None = None) -> duckdb.DuckDBPyConnection:
+def connect_lake(storage: Storage, *, data_inlining_row_limit: int | None = None,
+                 partition: int | None = None) -> duckdb.DuckDBPyConnection:
     """One DuckDB connection on the lake layout: `lake` (DuckLake, schemas staging and marts) and `opsdb`
     (PostgreSQL). `data_inlining_row_limit` is DuckLake's: inserts of at most that many rows stay in the catalog
-    until flushed (None: DuckLake's default; 0: every insert writes Parquet). StorageError on any failure."""
+    until flushed (None: DuckLake's default; 0: every insert writes Parquet). `partition`: that partition's lake
+    (crm/storage/partitions.py: its catalog in the schema p<k>, its files under p<k>/). StorageError on any
+    failure."""
     from crm.db import _resources
     from crm.storage import extensions
 
@@ -81,8 +85,10 @@ def connect_lake(storage: Storage, *, data_inlining_row_limit: int | None = None
                         f"URL_STYLE {_lit(s3.url_style)}, USE_SSL {'true' if s3.use_ssl else 'false'}, "
                         f"SCOPE {_lit(storage.data_path)})")
         else:
-            Path(data_path_of(storage)).mkdir(parents=True, exist_ok=True)
-        options = [f"DATA_PATH {_lit(data_path_of(storage))}"]
+            Path(data_path_of(storage, partition)).mkdir(parents=True, exist_ok=True)
+        options = [f"DATA_PATH {_lit(data_path_of(storage, partition))}"]
+        if partition is not None:
+            options.append(f"METADATA_SCHEMA 'p{int(partition)}'")
         if data_inlining_row_limit is not None:
             options.append(f"DATA_INLINING_ROW_LIMIT {int(data_inlining_row_limit)}")
         _step(con, f"ATTACH {_lit('ducklake:' + storage.catalog)} AS {LAKE} ({', '.join(options)})",
@@ -98,15 +104,18 @@ def connect_lake(storage: Storage, *, data_inlining_row_limit: int | None = None
     return con
 
 
-def connect_layout(storage: Storage) -> duckdb.DuckDBPyConnection:
+def connect_layout(storage: Storage, partition: int | None = None) -> duckdb.DuckDBPyConnection:
     """connect_lake, then the pipeline's tables (crm/storage/layout.py) and macros, with the lake as the current
-    database: `staging.x`, `marts.x` and `ops.x` mean what they mean in the DuckDB file."""
+    database: `staging.x`, `marts.x` and `ops.x` mean what they mean in the DuckDB file. `partition`: that
+    partition's lake; the variable crm_partition holds it (NULL: no partitions) for the SQL that scopes the shared
+    operational tables to it (the manifest)."""
     from crm.db import _views, sql_text
     from crm.storage import layout
 
-    con = connect_lake(storage)
+    con = connect_lake(storage, partition=partition)
     try:
         con.execute(f"USE {LAKE}")
+        con.execute("SET VARIABLE crm_partition = ?::INTEGER", [partition])
         con.execute("SET TimeZone = 'UTC'")
         layout.create(con)
         _views(con)

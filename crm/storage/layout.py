@@ -66,11 +66,20 @@ def create(con: duckdb.DuckDBPyConnection) -> None:
             continue
         m = _TABLE.match(stmt)
         if m and m.group(1).lower() == "ops" and m.group(2).lower() in OPERATIONAL:
-            con.execute(stmt[:m.start(1)] + f"{OPS}." + stmt[m.start(2):])
+            stmt = stmt[:m.start(1)] + f"{OPS}." + stmt[m.start(2):]
+            # the manifest is shared by a lake's partitions: each loads a content once (the unique index below)
+            con.execute(lake_ddl(stmt) if m.group(2).lower() == "ingested_files" else stmt)
         else:
             con.execute(lake_ddl(stmt))
+    con.execute(f"CALL postgres_execute('{OPS}', 'CREATE UNIQUE INDEX IF NOT EXISTS ingested_files_once "
+                "ON ingested_files (file_hash, coalesce(lake_partition, -1))')")
+    # the views, made again only when missing or when their table gained a column (each is a commit of the lake)
+    widths = {(db, t): n for db, t, n in con.execute(
+        "SELECT database_name, table_name, count(*) FROM duckdb_columns() WHERE (database_name = ? AND schema_name = "
+        "'ops') OR (database_name = ? AND schema_name = 'public') GROUP BY ALL", [LAKE, OPS]).fetchall()}
     for name in OPERATIONAL:
-        con.execute(f"CREATE OR REPLACE VIEW {LAKE}.ops.{name} AS SELECT * FROM {OPS}.{name}")
+        if widths.get((LAKE, name)) != widths.get((OPS, name)):
+            con.execute(f"CREATE OR REPLACE VIEW {LAKE}.ops.{name} AS SELECT * FROM {OPS}.{name}")
 
 
 def next_ingest_id(con: duckdb.DuckDBPyConnection) -> int:

@@ -282,6 +282,46 @@ def test_the_check_fails_or_holds_back_rows_before_they_go(dsn, tmp_path):
         smtp.stop()
 
 
+def test_a_slow_worker_keeps_its_claims_past_the_lease_and_nobody_takes_them(dsn, tmp_path):
+    lease = 1.5
+    gw = Gateway(delay=0.2).start()                 # 10 messages, 2 at a time: a batch outlasts the lease
+    smtp = start_smtp(Mailbox())
+    try:
+        _, settings = settings_for(tmp_path, gw, smtp.port, concurrency=2)
+        with PgOutbox(dsn) as outbox:
+            outbox.ensure()
+            outbox.enqueue(messages(40))
+            done: list = []
+
+            def run_slow() -> None:
+                with PgOutbox(dsn) as own:
+                    done.append(send_claimed(own, settings, T, worker="slow", batch=10, lease_seconds=lease))
+
+            slow = threading.Thread(target=run_slow)
+            slow.start()
+            deadline = time.monotonic() + 60
+            while not (first := rows_of(outbox, "SELECT min(claim_until) FROM messages WHERE claimed_by = 'slow'")
+                       )[0][0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            claimed_until = first[0][0]
+            # PostgreSQL's clock passes the first lease's end while the batch is still going: the claims moved on
+            while rows_of(outbox, "SELECT clock_timestamp()")[0][0] <= claimed_until and time.monotonic() < deadline:
+                time.sleep(0.05)
+            held = rows_of(outbox, "SELECT message_id, claim_until FROM messages WHERE claimed_by = 'slow' "
+                                   "AND status = 'queued'")
+            assert held and all(until > claimed_until for _, until in held), "the live worker's leases were extended"
+            taken = outbox.claim("other", 100, 60, CHANNELS)
+            assert not {r["message_id"] for r in taken} & {mid for mid, _ in held}, "nobody took them"
+            outbox.release("other")
+            slow.join(120)
+            assert done and done[0].sent == 40 and done[0].lost == 0
+            assert rows_of(outbox, "SELECT status, count(*) FROM messages GROUP BY 1") == [("sent", 40)]
+        assert set(Counter(key for _, key, _ in gw.requests).values()) == {1}, "each message went once"
+    finally:
+        gw.stop()
+        smtp.stop()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # worker processes
 
@@ -317,7 +357,7 @@ def worker_process(dsn: str, config: Path, name: str, *, lease: float = 30, batc
 @pytest.mark.parametrize("workers", [2, 3])
 def test_concurrent_worker_processes_send_every_message_exactly_once(dsn, tmp_path, workers):
     n, email_every = 3000, 50                                      # 2,940 SMS/chat and 60 e-mails
-    gw = Gateway().start()
+    gw = Gateway(delay=0.02).start()                               # a run of a second or two: all take part
     smtp = start_smtp(box := Mailbox())
     try:
         config, _ = settings_for(tmp_path, gw, smtp.port)

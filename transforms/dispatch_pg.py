@@ -153,7 +153,8 @@ def send_claimed(outbox: PgOutbox, settings, as_of: datetime, *, worker: str, ch
                             size = _batch_size(len(go), time.monotonic() - went)
                     recorder.flush()
                     result.checks += 1
-                    log.debug("worker %s: batch of %d claimed, %d sent so far", worker, len(rows), recorder.sent)
+                    log.debug("worker %s at %s: batch of %d claimed, %d sent so far", worker, as_of.isoformat(),
+                              len(rows), recorder.sent)
             finally:
                 runner.run(senders.aclose())
     finally:

@@ -214,7 +214,7 @@ class PgOutbox:
             receipt = (f"EXISTS (SELECT 1 FROM {self.receipts} AS r WHERE r.message_id = s.message_id)"
                        if has_receipts else "false")
             rows = con.execute(
-                f"WITH stale AS ("
+                f"WITH stale AS MATERIALIZED ("
                 f" SELECT message_id, status AS was FROM {TABLE} AS s"
                 f" WHERE claimed_by IS NOT NULL AND claim_until < now() AND status IN ('sending', 'sent'){where}"
                 f" FOR UPDATE SKIP LOCKED"
@@ -236,14 +236,15 @@ class PgOutbox:
     def claim(self, worker: str, limit: int, lease_seconds: float, channels, shops=None, buckets=None) -> list[dict]:
         """Up to `limit` queued messages of `channels` (and `shops` / `buckets`, if given) that no live claim
         holds, oldest first, now held by `worker` for `lease_seconds`. Rows another transaction is claiming at
-        this moment are skipped (SKIP LOCKED), never waited for or taken twice."""
+        this moment are skipped (SKIP LOCKED), never waited for or taken twice. The rows are picked and locked
+        once (a MATERIALIZED CTE, never folded into the UPDATE), and the UPDATE writes exactly those."""
         where, args = _filters(channels, shops, buckets)
         args |= {"worker": worker, "limit": int(limit), "lease": float(lease_seconds)}
 
         def work(con):
             cur = con.cursor()
             cur.execute(
-                f"WITH picked AS ("
+                f"WITH picked AS MATERIALIZED ("
                 f" SELECT message_id FROM {TABLE}"
                 f" WHERE status = 'queued'{where} AND (claim_until IS NULL OR claim_until < now())"
                 f" ORDER BY created_at, message_id LIMIT %(limit)s"

@@ -9,7 +9,8 @@ bench_dispatch.py (tests/gateway.py in its own process, honouring Idempotency-Ke
 then waits for a go file) and send until nothing is left to claim; the time is from the go to the last
 worker's exit. Runs are interleaved (1, 2, 3 workers, then again) so that a shared machine's noise falls on
 all of them alike. Every run checks that the gateway accepted each message once and saw no repeat, and that
-every row ends sent. Both ends, PostgreSQL and the workers share the machine's cores: compare the ratios.
+every row ends sent. Both ends, PostgreSQL and the workers share the machine's cores: compare the ratios; the
+gateway's share of one core while the workers ran says when the gateway (one process) is the limit.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def run(cluster: Postgres, gateway: Gateway, config: Path, folder: Path, n: int,
             if any(p.poll() is not None for p in procs):
                 raise SystemExit("a worker stopped: " + next(p for p in procs if p.poll() is not None).stderr.read())
             time.sleep(0.01)
-        began = time.perf_counter()
+        began, gateway_cpu = time.perf_counter(), gateway.cpu()
         go.touch()
         reports = []
         for p in procs:
@@ -96,13 +97,14 @@ def run(cluster: Postgres, gateway: Gateway, config: Path, folder: Path, n: int,
                 raise SystemExit(err[-3000:])
             reports.append(json.loads(out.strip().splitlines()[-1]))
         wall = time.perf_counter() - began
+        gateway_cpu = gateway.cpu() - gateway_cpu
         accepted, repeats = gateway.stats()
         counts = outbox.counts()
     if counts != {"sent": n} or accepted - accepted_before != n or repeats != repeats_before:
         raise SystemExit(f"not exactly once: {counts}, accepted {accepted - accepted_before} of {n}, "
                          f"repeats {repeats - repeats_before}")
     return {"workers": workers, "messages": n, "seconds": round(wall, 3), "msg_per_s": round(n / wall),
-            "enqueue_seconds": round(enqueue_seconds, 3),
+            "enqueue_seconds": round(enqueue_seconds, 3), "gateway_cpu_share": round(gateway_cpu / wall, 2),
             "per_worker": [{"sent": r["sent"], "seconds": round(r["seconds"], 3)} for r in reports]}
 
 
@@ -130,7 +132,7 @@ def main() -> None:
                     r = run(cluster, gateway, config, folder, args.messages, workers) | {"round": round_ + 1}
                     results.append(r)
                     print(f"round {r['round']}: {workers} worker(s): {r['msg_per_s']:,} msg/s "
-                          f"({r['seconds']:.2f} s; per worker " +
+                          f"({r['seconds']:.2f} s, the gateway's process busy {r['gateway_cpu_share']:.0%}; per worker " +
                           ", ".join(f"{w['sent']:,} in {w['seconds']:.2f} s" for w in r["per_worker"]) + ")",
                           flush=True)
     finally:

@@ -356,6 +356,11 @@ def queued_messages(con: duckdb.DuckDBPyConnection, as_of: datetime, channels=AU
     return [dict(zip(cols, r)) for r in cursor.fetchall()]
 
 
+class ClaimLost(Exception):
+    """Raised by a journal's begin() when the message may not go (transforms/dispatch_pg.py: the worker's claim on
+    it ran out and another worker may hold it now): nothing went out, and no outcome is recorded."""
+
+
 class GatewayDown(Exception):
     """A send left messages queued because a gateway (or the SMTP server) could not be reached: one line for
     the user, and the run's summary (``summary``) for whoever prints it."""
@@ -380,6 +385,7 @@ class SendResult:
     writes: int = 0
     held_seconds: float = 0.0
     checks: int = 0                   # batches checked again just before they went
+    lost: int = 0                     # not sent: the worker's claim ran out first (transforms/dispatch_pg.py)
 
     def problem(self, settings) -> str | None:
         """One line when messages stayed queued for a gateway that could not be reached, else None."""
@@ -468,6 +474,9 @@ class _Senders:
             return
         try:
             outcome = await self._send(msg)
+        except ClaimLost:                     # another worker holds it now: not sent, nothing to record
+            self.result.lost += 1
+            return
         except Exception as e:                # one message's failure never stops the others
             log.error("sending %s failed unexpectedly: %s: %s", msg["message_id"], type(e).__name__, redact(str(e)))
             outcome = Outcome(msg["message_id"], "failed", 1,

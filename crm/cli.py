@@ -118,8 +118,8 @@ def _settings(*, lake: bool = False):
         # the lake's connection exists (crm/storage), the commands do not run on it yet: refuse rather than
         # half-work on the DuckDB file
         fail(f'{STATE.config}: [storage] kind = "{settings.storage.kind}": not yet supported by {STATE.command}; '
-             'this version runs ingest, plan and backfill on the lake, the rest on the embedded DuckDB file only '
-             '(kind = "duckdb", the file --db names)')
+             'docs/rules.md §10 lists the commands that run on the lake; this one runs on the embedded DuckDB file '
+             'only (kind = "duckdb", the file --db names)')
     if lake:
         from crm.storage import partitions
 
@@ -421,11 +421,10 @@ def dispatch(
     for channel in only or []:
         if channel not in ("sms", "chat", "email", "call"):
             fail(f"--only {channel!r}: the channels are sms, chat, email and call")
-    _settings()
-    _require_db()
+    _require_db(_settings(lake=True))
     s = _run_flow("dispatch", "flows.dispatch:dispatch_flow", partial=lambda s: _print_dispatch(s, show),
                   as_of=as_of, db=str(STATE.db), config=str(STATE.config), dry_run=dry_run,
-                  channels=list(only) if only else None, retry_failed=retry_failed)
+                  channels=list(only) if only else None, retry_failed=retry_failed, partition=STATE.partition)
     _print_dispatch(s, show)
 
 

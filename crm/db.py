@@ -185,8 +185,8 @@ def session(db: str | Path, settings, *, lake: bool = False,
     if kind != "duckdb" and not lake:
         from crm.config import ConfigError
 
-        raise ConfigError(f'[storage] kind = "{kind}": not yet supported by this flow; this version runs ingest, '
-                          'plan and backfill on the lake, the rest on the embedded DuckDB file only (kind = "duckdb")')
+        raise ConfigError(f'[storage] kind = "{kind}": not yet supported by this flow; docs/rules.md §10 lists the '
+                          'flows that run on the lake; this one runs on the embedded DuckDB file only (kind = "duckdb")')
     if kind == "ducklake":
         from crm.storage import connect_layout, partitions
 

@@ -404,8 +404,8 @@ def test_a_lake_storage_is_refused_in_one_line_by_the_commands_that_do_not_run_o
     connect(tmp_path / "crm.duckdb").close()                    # a database exists: the command gets that far
     lake = tmp_path / "lake.toml"
     lake.write_text('[[shops]]\nshop_id = "s1"\n' + LAKE, encoding="utf-8")
-    # ingest, plan and backfill run on the lake (tests/test_lake_pipeline.py); the others refuse it
-    for args in (["dispatch", "--dry-run"], ["visits", "import", str(lake)], ["report", "--as-of", "2026-11-24T10:00:00+08:00"],
+    # ingest, plan, backfill and dispatch run on the lake (tests/test_lake_pipeline.py); the others refuse it
+    for args in (["visits", "import", str(lake)], ["report", "--as-of", "2026-11-24T10:00:00+08:00"],
                  ["effect"], ["extract"]):
         result = crm("--db", str(tmp_path / "crm.duckdb"), "--config", str(lake), *args, env={"PREFECT_API_URL": ""})
         lines = [line for line in result.stderr.splitlines() if line.strip()]

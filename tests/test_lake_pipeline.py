@@ -249,3 +249,28 @@ def test_a_partitioned_lake_needs_the_partition_named_in_one_line(postgres, tmp_
         assert out.returncode == 2 and len(lines) == 1 and words in lines[0], out.stderr[-2000:]
     out = crm("--config", str(tmp_path / "shops.toml"), "--partition", "1", "plan", env={"PREFECT_API_URL": ""})
     assert out.returncode == 2 and "--partition 1: [storage] has no partitions" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_lake_commit_refused_for_another_writers_is_retried(postgres, tmp_path):  # noqa: F811
+    """Two writers of one lake table at once: DuckLake refuses the later commit; that failure is one the flows' tasks
+    retry (flows/retry.py), a failure of bad input is not."""
+    from prefect.states import Failed
+
+    from crm.storage import connect_lake
+    from flows.retry import only_transient
+
+    storage = lake_of(postgres, tmp_path / "lake")
+    a, b = connect_lake(storage), connect_lake(storage)
+    try:
+        a.execute("CREATE TABLE lake.staging.t (x INTEGER); INSERT INTO lake.staging.t VALUES (1)")
+        for con, x in ((a, 2), (b, 3)):
+            con.execute(f"BEGIN; DELETE FROM lake.staging.t WHERE x = 1; INSERT INTO lake.staging.t VALUES ({x})")
+        a.execute("COMMIT")
+        with pytest.raises(Exception) as refused:
+            b.execute("COMMIT")
+    finally:
+        a.close()
+        b.close()
+    assert "conflict" in str(refused.value).lower()
+    assert only_transient(None, None, Failed(data=refused.value)) is True
+    assert only_transient(None, None, Failed(data=ValueError("a bad row"))) is False

@@ -33,7 +33,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +49,7 @@ from crm.channels import Outcome, SmtpSender, WebhookClient, send_webhook
 from crm.journal import SendJournal, in_doubt
 from crm.kannel import send_kannel
 from crm.db import DatabaseLocked, connect, publish_snapshot, session, shop_macros, sql_text, transaction
+from crm.storage import layout
 from crm.redact import mask_email, mask_phone, redact
 from crm.render import Renderer, sms_segments
 from transforms.plan import build, plan
@@ -134,7 +135,7 @@ def write_outbox(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, as_of: dat
     try:
         with transaction(con):
             con.execute(
-                "INSERT INTO ops.messages (message_id, purpose, shop_id, order_id, customer_id, channel, recipient, "
+                f"INSERT INTO {layout.ops_table(con, 'messages')} (message_id, purpose, shop_id, order_id, customer_id, channel, recipient, "
                 "body, status, attempts, created_at, template, as_of, segments, expires_at, tier, rank, rating, "
                 "review_text, customer_segment, variant) "
                 "SELECT message_id, purpose, shop_id, order_id, customer_id, channel, recipient, body, 'queued', 0, "
@@ -657,10 +658,13 @@ def requeue_failed(con, channels=AUTOMATIC, *, dry_run: bool = False) -> int:
     if dry_run:
         return con.execute("SELECT count(*) FROM ops.messages WHERE status = 'failed' AND list_contains(?, channel)",
                            [wanted]).fetchone()[0]
-    with transaction(con):
-        return len(con.execute(
-            "UPDATE ops.messages SET status = 'queued', last_error = 'retried after: ' || coalesce(last_error, '') "
-            "WHERE status = 'failed' AND list_contains(?, channel) RETURNING message_id", [wanted]).fetchall())
+    with transaction(con):                    # counted, then updated (PostgreSQL's UPDATE returns no rows here)
+        n = con.execute("SELECT count(*) FROM ops.messages WHERE status = 'failed' AND list_contains(?, channel)",
+                        [wanted]).fetchone()[0]
+        con.execute(f"UPDATE {layout.ops_table(con, 'messages')} SET status = 'queued', "
+                    "last_error = 'retried after: ' || coalesce(last_error, '') "
+                    "WHERE status = 'failed' AND list_contains(?, channel)", [wanted])
+        return n
 
 
 def dispatch(con, settings, as_of: datetime, *, dry_run: bool = False, validate=None, renderer=None,
@@ -720,4 +724,41 @@ def dispatch_db(db: str | Path, settings, as_of: datetime, *, dry_run: bool = Fa
     result.seconds = time.perf_counter() - started
     result.db_seconds = held
     log.debug("dispatch at %s held the database %.2f s of %.2f s", as_of.isoformat(), held, result.seconds)
+    return result
+
+
+def dispatch_lake(db: str | Path, settings, as_of: datetime, *, worker: str, partition: int | None = None,
+                  dry_run: bool = False, validate=None, renderer=None, step=None, channels=None,
+                  retry_failed: bool = False, hold=nullcontext, lease_seconds: float | None = None) -> DispatchResult:
+    """A dispatch on the lake layout (docs/rules.md §10), one of any number of workers at once: plan, validate,
+    render and write the new messages into the outbox in PostgreSQL (ON CONFLICT DO NOTHING: a message another
+    worker wrote is one row) while holding `hold()` (the partition's one-writer slot: the plan writes its lake);
+    then send from the outbox with claims (transforms/dispatch_pg.py: FOR UPDATE SKIP LOCKED under a lease, the row
+    as the at-most-once journal), each claimed batch checked again for T by sql/dispatch/send_queue.sql on the lake.
+    `worker` names this worker uniquely among those running; `partition`: that partition's lake and shops."""
+    from crm.storage import partitions
+    from crm.storage.outbox import PgOutbox
+    from transforms.dispatch_pg import LEASE_SECONDS, send_claimed
+
+    started = time.perf_counter()
+    settings = partitions.of(settings, partition)
+    with PgOutbox(settings.storage.ops_dsn) as pg:
+        pg.ensure()                       # the claim columns, before the lake's view of the table is made
+        with hold(), session(db, settings, lake=True, partition=partition) as con:
+            result = dispatch(con, settings, as_of, dry_run=dry_run, validate=validate, renderer=renderer, step=step,
+                              send=False, channels=channels, retry_failed=retry_failed)
+        if dry_run:
+            result.seconds = time.perf_counter() - started
+            return result
+        wanted = channels or AUTOMATIC
+        sending_since = datetime.now(timezone.utc)
+        with session(db, settings, lake=True, partition=partition) as con:
+            def check(rows: list[dict]) -> list[dict]:
+                return queued_messages(con, as_of, wanted, [r["message_id"] for r in rows], sending_since)
+
+            sent = send_claimed(pg, settings, as_of, worker=worker, check=check, channels=wanted,
+                                shops=[s.shop_id for s in settings.shops],
+                                lease_seconds=lease_seconds or LEASE_SECONDS, step=step)
+        result.take(sent, settings)
+    result.seconds = time.perf_counter() - started
     return result

@@ -325,9 +325,10 @@ def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
     if not unchanged:
         con.execute(f"CREATE OR REPLACE TABLE ops.shops ({SHOP_COLUMNS})")
         # one statement for all shops (executemany costs ~8 ms a row: 1.5 s for 200 shops)
-        placeholders = "(" + ", ".join("?" * len(rows[0])) + ")"
-        con.execute(f"INSERT INTO ops.shops VALUES {', '.join([placeholders] * len(rows))}",
-                    [v for row in rows for v in row])
+        if rows:                      # none: a partition of a lake that no shop falls in (yet)
+            placeholders = "(" + ", ".join("?" * len(rows[0])) + ")"
+            con.execute(f"INSERT INTO ops.shops VALUES {', '.join([placeholders] * len(rows))}",
+                        [v for row in rows for v in row])
         con.execute("CREATE OR REPLACE TABLE ops.retired_shops (shop_id VARCHAR NOT NULL)")
         if settings.retired_shops:
             con.executemany("INSERT INTO ops.retired_shops VALUES (?)", [[s] for s in settings.retired_shops])
@@ -432,17 +433,21 @@ def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) ->
         return (f"CASE WHEN {ts} >= TIMESTAMPTZ '{since}+00' THEN make_timestamp(epoch_us({ts}) + {off}) "
                 f"ELSE timezone({_lit(tz)}, {ts}) END")
 
-    def by_shop(expr) -> str:
+    # no shops (a lake's partition that no shop falls in): the macros exist and answer NULL
+    def by_shop(expr, null: str) -> str:
         branches = " ".join(f"WHEN shop IN ({', '.join(_lit(s) for s in shops)}) THEN {expr(tz)}"
                             for tz, shops in by_zone.items())
-        return f"CASE {branches} END"
+        return f"CASE {branches} END" if branches else f"CAST(NULL AS {null})"
 
     def by_zone_name(expr) -> str:
+        if not by_zone:
+            return "CAST(NULL AS TIMESTAMPTZ)"
         return "CASE zone " + " ".join(f"WHEN {_lit(tz)} THEN {expr(tz)}" for tz in by_zone) + " END"
 
-    con.execute(f"CREATE OR REPLACE TEMP MACRO crm_shop_local(shop, ts) AS {by_shop(lambda tz: to_local(tz, 'ts'))}")
+    con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_local(shop, ts) AS "
+                f"{by_shop(lambda tz: to_local(tz, 'ts'), 'TIMESTAMP')}")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_local_date(shop, ts) AS CAST(crm_shop_local(shop, ts) AS DATE)")
-    con.execute(f"CREATE OR REPLACE TEMP MACRO crm_shop_utc(shop, l) AS {by_shop(lambda tz: to_utc(tz, 'l'))}")
+    con.execute(f"CREATE OR REPLACE TEMP MACRO crm_shop_utc(shop, l) AS {by_shop(lambda tz: to_utc(tz, 'l'), 'TIMESTAMPTZ')}")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_ts(t, shop) AS CASE WHEN crm_has_offset(t) THEN crm_ts_aware(t) "
                 "WHEN crm_is_wall_clock(t) THEN crm_shop_utc(shop, try_cast(t AS TIMESTAMP)) END")
     con.execute(f"CREATE OR REPLACE TEMP MACRO crm_zone_utc(zone, l) AS {by_zone_name(lambda tz: to_utc(tz, 'l'))}")

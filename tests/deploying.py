@@ -51,11 +51,12 @@ def deploy_env(api: str, db: Path, config: Path) -> dict:
 
 @contextmanager
 def deployed(env: dict):
-    """`prefect work-pool create crm-process --type process` and `prefect deploy --all` of this checkout. On
+    """`prefect work-pool create crm-process --type process` (and crm-parent) and `prefect deploy --all` of this checkout. On
     exit the deployments are deleted, and with them their scheduled runs: on a server other tests share, the
     scheduler would otherwise keep filling it with future runs (which sort first by start time)."""
-    subprocess.run([PREFECT, "work-pool", "create", "crm-process", "--type", "process", "--overwrite"],
-                   env=env, cwd=REPO, check=True, capture_output=True)
+    for pool in ("crm-process", "crm-parent"):                 # crm-parent: the group flows' pool
+        subprocess.run([PREFECT, "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                       env=env, cwd=REPO, check=True, capture_output=True)
     result = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -79,9 +80,9 @@ def call(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Respons
 
 
 @contextmanager
-def worker(env: dict, cwd: Path, **settings: str):
-    """`prefect worker start --pool crm-process` in its own process group, killed on exit."""
-    proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "crm-process"], env={**env, **settings}, cwd=cwd,
+def worker(env: dict, cwd: Path, pool: str = "crm-process", **settings: str):
+    """`prefect worker start --pool crm-process` (or `pool`) in its own process group, killed on exit."""
+    proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool], env={**env, **settings}, cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         yield proc

@@ -33,7 +33,9 @@ def test_every_deployment_loads(deployment):
     assert set(deployment.get("parameters", {})) <= set(accepted), "every parameter is one the flow takes"
     required = {n for n, p in accepted.items() if p.default is inspect.Parameter.empty}
     assert required <= set(deployment.get("parameters", {})), "every required parameter has a default here"
-    assert deployment["work_pool"]["name"] == "crm-process"
+    # a parent in its children's pool deadlocks under a pool limit: the group flows have a pool of their own
+    parent = deployment["entrypoint"] == "flows/group.py:group_flow"
+    assert deployment["work_pool"]["name"] == ("crm-parent" if parent else "crm-process")
     for schedule in deployment.get("schedules", []):
         ZoneInfo(schedule["timezone"])
         assert len(schedule["cron"].split()) == 5
@@ -42,3 +44,20 @@ def test_every_deployment_loads(deployment):
 def test_dispatch_never_runs_twice_at_once():
     [dispatch] = [d for d in DEPLOYMENTS if d["name"] == "dispatch"]
     assert dispatch["concurrency_limit"] == 1
+
+
+def test_every_group_step_has_a_partition_deployment_of_its_flow():
+    """flows/group.py starts `<flow name>/<deployment>` per partition: each exists here, takes `partition`, has no
+    schedule of its own (the group starts it) and no deployment-wide limit (partitions run side by side)."""
+    from flows.group import STEPS
+
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    groups = {d["parameters"]["step"] for d in DEPLOYMENTS if d["entrypoint"] == "flows/group.py:group_flow"}
+    assert groups == {"ingest", "dispatch", "maintenance"}
+    for step, target in STEPS.items():
+        flow_name, _, deployment_name = target.partition("/")
+        d = by_name[deployment_name]
+        path, _, fn = d["entrypoint"].partition(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), fn)
+        assert flow.name == flow_name and "partition" in inspect.signature(flow.fn).parameters, step
+        assert "schedules" not in d and "concurrency_limit" not in d, step

@@ -228,6 +228,11 @@ def test_two_partitions_at_once_give_together_the_marts_of_one_file(postgres, tm
             assert shops == {s.shop_id for s in settings.shops if partitions.bucket(s.shop_id, 4) == k}
             for name, rows in marts(con).items():
                 together[name] = sorted(together.get(name, []) + rows)
+    with session(tmp_path / "unused.duckdb", lake, lake=True, partition=0) as con:      # no shop falls in it
+        (tmp_path / "empty").mkdir()
+        assert load(con, tmp_path / "empty").files_new == 0
+        result = plan(con, T)
+        assert (result.unpaid_orders, result.visit_tasks) == (0, 0)
     with session(tmp_path / "crm.duckdb", settings) as con:
         load(con, tmp_path / "landing")
         plan(con, T)

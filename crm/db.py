@@ -177,14 +177,16 @@ SHOP_COLUMNS = """
 def session(db: str | Path, settings, *, lake: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writing connection with the configured shops (ops.shops and the per-shop macros) in place,
     closed afterwards: what every flow task works in. On `[storage] kind = "ducklake"` the connection is the lake
-    layout's (crm/storage/layout.py: the same table names, `db` unused) for a step that runs there (`lake`: ingest
-    and plan); any other step refuses it before a file is touched (a deployment's run gets here without `crm`)."""
+    layout's (crm/storage/layout.py: the same table names, `db` unused) for a step that runs there (`lake`: ingest,
+    plan, visits import, extract); any other step (dispatch) refuses it before a file is touched (a deployment's
+    run gets here without `crm`)."""
     kind = settings.storage.kind
     if kind != "duckdb" and not lake:
         from crm.config import ConfigError
 
         raise ConfigError(f'[storage] kind = "{kind}": not yet supported by this flow; this version runs ingest, '
-                          'plan and backfill on the lake, the rest on the embedded DuckDB file only (kind = "duckdb")')
+                          'extract, plan, backfill, visits import and report on the lake, dispatch on the embedded '
+                          'DuckDB file only (kind = "duckdb")')
     if kind == "ducklake":
         from crm.storage import connect_layout
 
@@ -196,6 +198,31 @@ def session(db: str | Path, settings, *, lake: bool = False) -> Iterator[duckdb.
         yield con
     finally:
         con.close()
+
+
+def reader(db: str | Path, settings) -> duckdb.DuckDBPyConnection:
+    """A connection to read the storage, with the shops' time-zone macros (the caller closes it): the DuckDB file
+    read-only (FileNotFoundError when there is none yet), or on `[storage] kind = "ducklake"` the lake layout's
+    connection (crm/storage/layout.py; `db` unused). A report and `crm effect` read through it."""
+    con = connect_storage(db, settings, read_only=True)
+    try:
+        shop_macros(con, [(s.shop_id, s.timezone) for s in settings.shops])
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def connect_storage(db: str | Path, settings, *, read_only: bool = False, wait_seconds: float = 30.0,
+                    setup: bool = True) -> duckdb.DuckDBPyConnection:
+    """:func:`connect` on the DuckDB file, or the lake layout's connection on `[storage] kind = "ducklake"` (its
+    tables in place, `db` and the file's options unused: the lake has no lock to wait for). Writes to an
+    operational table name it as crm.storage.layout.ops_table says."""
+    if settings.storage.kind == "ducklake":
+        from crm.storage import connect_layout
+
+        return connect_layout(settings.storage)
+    return connect(db, read_only=read_only, wait_seconds=wait_seconds, setup=setup)
 
 
 def publish(con: duckdb.DuckDBPyConnection, db: str | Path, settings) -> None:

@@ -99,6 +99,10 @@ def main_options(
                                             help="On a lake with [storage] partitions = P: the partition (0…P-1) to work on."),
 ) -> None:
     STATE.db, STATE.config, STATE.partition = db, config, partition
+    if partition is not None:
+        import os
+
+        os.environ["CRM_PARTITION"] = str(partition)      # the flows this process runs read it (partitions.current)
     STATE.config_given = ctx.get_parameter_source("config").name != "DEFAULT"
 
 
@@ -307,7 +311,7 @@ def extract(
         fail(f"--since {since}: must be before T ({as_of or 'now'})")
     if landing is not None and landing.exists() and not landing.is_dir():
         fail(f"--landing {landing}: exists and is not a folder")
-    settings = _settings()
+    settings = _settings(lake=True)
     try:
         shops = selected(settings, shop)
     except SourceError as e:
@@ -505,13 +509,13 @@ def report(
     from transforms.report import ReportError, check_request
 
     _check_time(as_of, "--as-of")
-    settings = _settings()
+    settings = _settings(lake=True)
     try:
         check_request(settings, shop=shop, period=period, day=date, as_of=as_of, send=send,
                       out=str(out) if out else None, source=str(STATE.config))
     except ReportError as e:
         fail(str(e))
-    _require_db()
+    _require_db(settings)
     s = _run_flow("report", "flows.report:report_flow", shop=shop, period=period, date=date, as_of=as_of,
                   out=str(out) if out else None, send=send, db=str(STATE.db), config=str(STATE.config))
     failed = False
@@ -550,12 +554,16 @@ def effect(
 
     from transforms.report import ReportError, effect_summary
 
-    settings = _settings()
-    _require_db()
+    from crm.storage import ExtensionError, StorageError
+
+    settings = _settings(lake=True)
+    _require_db(settings)
     try:
         s = effect_summary(STATE.db, settings, shop=shop, start=start, end=end)
-    except ReportError as e:
+    except (ReportError, ExtensionError) as e:
         fail(str(e))
+    except StorageError as e:
+        fail(str(e), 1)
 
     def pct(v) -> str:
         return "–" if v is None else f"{v * 100:.1f}%"
@@ -689,8 +697,7 @@ def visits_import(file: Path = typer.Argument(..., help="CSV: order_id, reached,
     _check_time(as_of, "--as-of")
     if not file.is_file():
         fail(f"{file}: file not found")
-    _settings()
-    _require_db()
+    _require_db(_settings(lake=True))
     s = _run_flow("visits import", "flows.visits:visits_import_flow", path=str(file), db=str(STATE.db),
                   config=str(STATE.config), as_of=as_of)
     console.print(f"{s['saved']:,} outcomes saved, {len(s['errors']):,} refused")
@@ -715,8 +722,11 @@ def serve(
     import os
 
     _check_time(as_of, "--as-of")
-    settings = _settings()
-    _require_db()
+    settings = _settings(lake=True)
+    from crm.storage import partitions
+
+    settings = partitions.scoped(settings)      # on a partitioned lake: its shops
+    _require_db(settings)
     password = os.environ.get("CRM_WEB_PASSWORD") or None
     if host not in ("127.0.0.1", "localhost", "::1") and not password:
         fail(f"--host {host}: the page shows customers' phone numbers; set CRM_WEB_PASSWORD to serve it beyond "
@@ -727,7 +737,8 @@ def serve(
     from transforms.plan import parse_as_of
 
     clock = clock_from(parse_as_of(as_of)) if as_of else None
-    console.print(f"agents' page on http://{host}:{port}/ ({STATE.db}){' with a password' if password else ''}"
+    where = "the lake" if settings.storage.kind == "ducklake" else STATE.db
+    console.print(f"agents' page on http://{host}:{port}/ ({where}){' with a password' if password else ''}"
                   f"{f', its clock set to {as_of}' if as_of else ''}; Ctrl-C stops it", highlight=False)
     missing = [key for key in ("signing_secret", "hook_key") if not getattr(settings.gateway, key)]
     if missing:
@@ -808,7 +819,8 @@ def storage_check() -> None:
     console.print(f"  lake: catalog in PostgreSQL, data in {data_path_of(s)}; schemas staging and marts; "
                   f"{tables.get(LAKE, 0):,} tables", highlight=False)
     console.print(f"  ops database: reached; {tables.get(OPS, 0):,} tables in its schema public", highlight=False)
-    console.print('  crm ingest, plan and backfill run on this storage; the other commands do not yet (docs/rules.md §10)',
+    console.print('  crm ingest, extract, plan, backfill, visits import, report, effect and serve run on this storage; '
+                  'the other commands do not yet (docs/rules.md §10)',
                   highlight=False)
 
 

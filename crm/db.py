@@ -178,9 +178,12 @@ def session(db: str | Path, settings, *, lake: bool = False,
             partition: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writing connection with the configured shops (ops.shops and the per-shop macros) in place,
     closed afterwards: what every flow task works in. On `[storage] kind = "ducklake"` the connection is the lake
-    layout's (crm/storage/layout.py: the same table names, `db` unused) for a step that runs there (`lake`: ingest
-    and plan); any other step refuses it before a file is touched (a deployment's run gets here without `crm`).
-    `partition`: on a partitioned lake, that partition's lake and shops (crm/storage/partitions.py)."""
+    layout's (crm/storage/layout.py: the same table names, `db` unused) for a step that runs there (`lake`: every
+    flow's but the demo's); any other step refuses it before a file is touched (a deployment's run gets here without
+    `crm`). `partition`: on a partitioned lake, that partition's lake and shops (crm/storage/partitions.py)."""
+    from crm.storage import partitions
+
+    partition = partitions.current(partition)
     kind = settings.storage.kind
     if kind != "duckdb" and not lake:
         from crm.config import ConfigError
@@ -188,14 +191,12 @@ def session(db: str | Path, settings, *, lake: bool = False,
         raise ConfigError(f'[storage] kind = "{kind}": not yet supported by this flow; docs/rules.md §10 lists the '
                           'flows that run on the lake; this one runs on the embedded DuckDB file only (kind = "duckdb")')
     if kind == "ducklake":
-        from crm.storage import connect_layout, partitions
+        from crm.storage import connect_layout
 
         settings = partitions.of(settings, partition)
         con = connect_layout(settings.storage, partitions.check(settings.storage, partition))
     else:
         if partition is not None:
-            from crm.storage import partitions
-
             partitions.check(settings.storage, partition)       # one line: the file has no partitions
         con = connect(db)
     try:
@@ -203,6 +204,34 @@ def session(db: str | Path, settings, *, lake: bool = False,
         yield con
     finally:
         con.close()
+
+
+def reader(db: str | Path, settings) -> duckdb.DuckDBPyConnection:
+    """A connection to read the storage, with the shops' time-zone macros (the caller closes it): the DuckDB file
+    read-only (FileNotFoundError when there is none yet), or on `[storage] kind = "ducklake"` the lake layout's
+    connection (crm/storage/layout.py; `db` unused). A report and `crm effect` read through it."""
+    from crm.storage import partitions
+
+    con = connect_storage(db, settings, read_only=True)
+    try:
+        shops = partitions.of(settings, partitions.current()).shops      # on a partitioned lake, its own
+        shop_macros(con, [(s.shop_id, s.timezone) for s in shops])
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def connect_storage(db: str | Path, settings, *, read_only: bool = False, wait_seconds: float = 30.0,
+                    setup: bool = True) -> duckdb.DuckDBPyConnection:
+    """:func:`connect` on the DuckDB file, or the lake layout's connection on `[storage] kind = "ducklake"` (its
+    tables in place, `db` and the file's options unused: the lake has no lock to wait for). Writes to an
+    operational table name it as crm.storage.layout.ops_table says."""
+    if settings.storage.kind == "ducklake":
+        from crm.storage import connect_layout, partitions
+
+        return connect_layout(settings.storage, partitions.check(settings.storage, partitions.current()))
+    return connect(db, read_only=read_only, wait_seconds=wait_seconds, setup=setup)
 
 
 def publish(con: duckdb.DuckDBPyConnection, db: str | Path, settings) -> None:

@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from crm.db import DatabaseLocked, connect, transaction
 from crm.redact import mask_phone
+from crm.storage.layout import ops_table
 
 log = logging.getLogger("crm.hooks")
 
@@ -76,6 +77,7 @@ class Spool:
         crm.db.connect with a short wait."""
         self.db, self.settings, self.every = Path(db), settings, every
         self.path = self.db.with_name(self.db.name + ".hooks-spool")
+        self.path.parent.mkdir(parents=True, exist_ok=True)      # on the lake no database file made the folder
         self._write = write or self._connect_and
         self._lock = threading.Lock()          # the spool file
         self._wake = threading.Event()
@@ -169,6 +171,9 @@ def record_all(con, settings, records: list[dict]) -> None:
     receipts = [r for r in records if r["kind"] == "receipt"]
     replies = [r for r in records if r["kind"] == "reply"]
     region = settings.shops[0].phone_region if settings.shops else phones.DEFAULT_REGION
+    # every table here is operational: on the lake, PostgreSQL's (one transaction, one database)
+    receipts_table, replies_table, suppressions = (ops_table(con, n) for n in ("delivery_receipts", "replies",
+                                                                                "suppressions"))
     with transaction(con):
         if receipts:
             frame = pl.DataFrame({
@@ -183,7 +188,7 @@ def record_all(con, settings, records: list[dict]) -> None:
                        "reported_at": pl.Datetime("us", "UTC"), "received_at": pl.Datetime("us", "UTC"), "raw": pl.String})
             con.register("_receipts", frame.to_arrow())
             try:
-                con.execute("INSERT INTO ops.delivery_receipts BY NAME SELECT * FROM _receipts "
+                con.execute(f"INSERT INTO {receipts_table} BY NAME SELECT * FROM _receipts "
                             "ON CONFLICT (receipt_id) DO NOTHING")
                 _fold(con)
             finally:
@@ -195,10 +200,10 @@ def record_all(con, settings, records: list[dict]) -> None:
                 sender = phones.e164(r.get("sender"), region) or r.get("sender")
                 rows.append((r["id"], sender, r.get("recipient"), r.get("text"), _instant(r.get("at")),
                              _instant(r["received_at"]), word is not None, r["gateway"], r["raw"]))
-            con.executemany("INSERT INTO ops.replies (reply_id, sender, recipient, text, replied_at, received_at, opt_out, "
+            con.executemany(f"INSERT INTO {replies_table} (reply_id, sender, recipient, text, replied_at, received_at, opt_out, "
                             "gateway, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id) DO NOTHING", rows)
             con.execute(
-                "INSERT INTO ops.suppressions (customer_id, phone, email, channel, created_at, reason, reply_id) "
+                f"INSERT INTO {suppressions} (customer_id, phone, email, channel, created_at, reason, reply_id) "
                 "SELECT NULL, r.sender, NULL, 'sms', coalesce(r.replied_at, r.received_at), 'reply: ' || r.text, r.reply_id "
                 "FROM ops.replies AS r WHERE r.opt_out AND list_contains(?, r.reply_id) "
                 "AND NOT EXISTS (SELECT 1 FROM ops.suppressions AS s WHERE s.reply_id = r.reply_id)",
@@ -213,9 +218,10 @@ def _fold(con) -> None:
     first such receipt by `at`; a message left in doubt by a run that died (Kannel has no idempotency key:
     `failed`, `last_error` 'in doubt: …') is settled as sent by any receipt for it. Unknown ids change nothing.
     (One still queued with its journal line '?' is settled by the next dispatch, which looks at its receipts.)"""
+    messages = ops_table(con, "messages")
     con.execute(
-        """
-        UPDATE ops.messages AS m
+        f"""
+        UPDATE {messages} AS m
         SET delivery = f.delivery, delivered_at = CASE WHEN f.delivery = 'delivered' THEN f.first_at END
         FROM (
             SELECT message_id,
@@ -227,8 +233,8 @@ def _fold(con) -> None:
         WHERE m.message_id = f.message_id AND m.delivery IS NULL
         """)
     con.execute(
-        """
-        UPDATE ops.messages AS m
+        f"""
+        UPDATE {messages} AS m
         SET status = 'sent', sent_at = coalesce(m.sent_at, r.first_at),
             last_error = 'settled as sent by a delivery receipt: ' || coalesce(m.last_error, '')
         FROM (SELECT message_id, min(coalesce(reported_at, received_at)) AS first_at FROM _receipts GROUP BY message_id) AS r

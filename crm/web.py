@@ -8,6 +8,13 @@ flows publish (the page says so); a save waits up to ``write_wait`` seconds for 
 saves nothing and says so, keeping what the agent typed. A flow that meets the page's connection retries
 for a moment (crm.db.connect), so the page never blocks a flow for longer than one request's query.
 
+On the lake (`[storage] kind = "ducklake"`, docs/rules.md §10) there is no file to share: the lake and its
+PostgreSQL tables take readers and writers from any process at once. Opening the lake costs about a second
+(extensions, catalog, the tables' views), so the page keeps one connection for its process, opened by the first
+request, and runs one request at a time on it (the same turn); each query sees the newest committed snapshot, a
+save is one PostgreSQL transaction. The lake unreachable is the page's "busy" answer; a connection that failed is
+dropped and the next request opens a new one (a read tries once more on it at once).
+
 Time: the page has one clock (`Workspace.clock`): what is listed today, what counts as done today, whether a
 call-back time is in the future, and the time a save or a "Called" records all come from it. By default it
 is the real time; ``crm serve --as-of T`` starts it at T (demo data, tests). Every time a shop's page shows
@@ -36,6 +43,7 @@ from typing import Callable
 from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo
 
+import duckdb
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -46,6 +54,7 @@ from starlette.routing import Route
 from crm.config import Settings
 from crm.db import DatabaseLocked, analytics_path, asset_dir, connect, shop_macros, sql_text
 from crm.hooks import Hooks, Spool
+from crm.storage.layout import ops_table
 from transforms.outcomes import CATEGORIES, Refusal, check, record
 
 COMPENSATIONS = ("none", "coupon", "free_shipping", "partial_refund", "resend")
@@ -94,9 +103,50 @@ class Workspace:
         self._turn = threading.Lock()
         self._zones = [(s.shop_id, s.timezone) for s in settings.shops]
         self._busy_until = 0.0          # a flow held the file just now: reads go to the copy until then
+        self.lake = settings.storage.kind == "ducklake"
+        self._lake = None               # the lake: the process's one connection, opened by the first request
+
+    def close(self) -> None:
+        with self._turn:
+            if self._lake is not None:
+                self._lake.close()
+                self._lake = None
+
+    def _on_lake(self, action, *, read_only: bool, wait: float):
+        """``action(con)`` on the process's lake connection (opened when there is none), one at a time; the lake
+        unreachable for `wait` seconds is DatabaseLocked. A connection an action failed on is dropped (a read
+        runs once more on a new one: it changes nothing)."""
+        from crm.storage import StorageError, connect_layout
+
+        deadline, delay = time.monotonic() + wait, 0.05
+        while True:
+            with self._turn:
+                fresh = self._lake is None
+                if fresh:
+                    try:
+                        con = connect_layout(self.settings.storage)
+                        shop_macros(con, self._zones)
+                        self._lake = con
+                    except StorageError:
+                        self._lake = None
+                if self._lake is not None:
+                    try:
+                        return action(self._lake)
+                    except duckdb.Error:
+                        self._lake.close()
+                        self._lake = None
+                        if fresh or not read_only:
+                            raise
+                        continue
+            if time.monotonic() >= deadline:
+                raise DatabaseLocked("the lake: cannot be reached")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def _with(self, path: Path, action, *, read_only: bool, wait: float):
         """``action(con)`` on a short connection to `path`, trying again until `wait` runs out."""
+        if self.lake:
+            return self._on_lake(action, read_only=read_only, wait=wait)
         deadline, delay = time.monotonic() + wait, 0.02
         while True:
             with self._turn:
@@ -131,6 +181,11 @@ class Workspace:
                 results.append([dict(zip(columns, row)) for row in cursor.fetchall()])
             return results
 
+        if self.lake:                   # nothing to wait for but the lake itself, and no copy of it
+            try:
+                return self._with(self.db, run, read_only=True, wait=self.read_wait), None
+            except DatabaseLocked:
+                raise Busy(Refusal("busy_read")) from None
         if time.monotonic() >= self._busy_until:
             try:
                 return self._with(self.db, run, read_only=True, wait=self.read_wait), None
@@ -385,11 +440,11 @@ class Page:
         order_id = request.path_params["order_id"]
         message_id = f"payment_reminder:{order_id}"
 
-        def mark(con):
+        def mark(con):                  # the rows changed (no RETURNING: PostgreSQL's tables on the lake refuse it)
             return con.execute(
-                "UPDATE ops.messages SET status = 'done', sent_at = ?, attempts = attempts + 1 "
-                "WHERE message_id = ? AND shop_id = ? AND channel = 'call' AND status = 'queued' RETURNING message_id",
-                [self.ws.clock(), message_id, shop.shop_id]).fetchall()
+                f"UPDATE {ops_table(con, 'messages')} SET status = 'done', sent_at = ?, attempts = attempts + 1 "
+                "WHERE message_id = ? AND shop_id = ? AND channel = 'call' AND status = 'queued'",
+                [self.ws.clock(), message_id, shop.shop_id]).fetchone()[0]
         t = self.t(shop)
         try:
             changed = self.ws.write(mark)
@@ -585,6 +640,7 @@ def create_app(db: str | Path, settings: Settings, *, password: str | None = Non
             yield
         finally:
             await run_in_threadpool(spool.stop)
+            await run_in_threadpool(page.ws.close)
 
     app = Starlette(routes=[
         Route("/", page.index),

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
+from crm.storage import partitions
 from crm.sources import SourceError, extract
 from flows.ingest import load_landing
 from flows.retry import only_transient
@@ -36,7 +37,7 @@ def extract_shop(shop_id: str, db: str, config: str, landing_dir: str, as_of: st
     """One shop's extraction; retried on a transient failure (the platform down, the database held): a retry
     starts from the watermark the last written batch left."""
     logger = get_run_logger()
-    return extract(db, load_settings(config), shop_id, landing_dir, as_of=parse_as_of(as_of),
+    return extract(db, partitions.scoped(load_settings(config)), shop_id, landing_dir, as_of=parse_as_of(as_of),
                    since=parse_as_of(since) if since else None, step=progress.step, log=logger.info)
 
 
@@ -47,7 +48,7 @@ def extract_flow(db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG, shop: str |
     landing/ beside the database). A shop whose extraction fails does not stop the others; what was fetched is
     ingested, then the first failure is raised."""
     logger = get_run_logger()
-    settings = load_settings(config)
+    settings = partitions.scoped(load_settings(config))
     landing = landing_dir or str(Path(db).parent / "landing")
     t = parse_as_of(as_of).isoformat()              # one T for every shop of the run
     if shop is not None and shop not in {s.shop_id for s in settings.shops}:

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 
 from crm import progress
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
+from crm.storage import partitions
 from crm.redact import redact
 from flows.retry import only_transient
 from transforms.report import check_request, gather, output_path, parse_time, render, send_report, write
@@ -19,7 +20,7 @@ def shop_report(shop_id: str, period: str, date: str | None, as_of: datetime, db
                 out: str | None, several: bool, send: bool) -> dict:
     """Gather, render and write one shop's report; send it when asked and the shop has a team_email.
     A retry is safe: the file is replaced whole and a report already sent is not sent again."""
-    settings = load_settings(config)
+    settings = partitions.scoped(load_settings(config))
     report = gather(db, settings, shop_id, period, date, as_of)
     html = render(report)
     path = write(html, output_path(out, db, report, several=several))
@@ -50,7 +51,7 @@ def report_flow(shop: str | None = None, period: str = "week", date: str | None 
     (default: the last complete one at T), as of T (default now). Written to `out` (a file for one shop,
     or a folder; default <db folder>/reports/); with `send`, e-mailed to each shop's team_email."""
     logger = get_run_logger()
-    settings = load_settings(config)
+    settings = partitions.scoped(load_settings(config))
     shops = check_request(settings, shop=shop, period=period, day=date, as_of=as_of, send=send, out=out,
                           tz=timezone, source=config)
     t = parse_time(as_of)

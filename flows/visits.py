@@ -7,7 +7,8 @@ from datetime import datetime
 from prefect import flow, get_run_logger, task
 
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
-from crm.db import publish_snapshot, session
+from crm.storage import partitions
+from crm.db import publish, session
 from flows.retry import only_transient
 from transforms.outcomes import import_file
 from transforms.plan import parse_as_of
@@ -15,11 +16,11 @@ from transforms.plan import parse_as_of
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_transient)
 def record_file(path: str, db: str, config: str, now: datetime) -> dict:
-    settings = load_settings(config)
-    with session(db, settings) as con:
+    settings = partitions.scoped(load_settings(config))
+    with session(db, settings, lake=True) as con:
         result = import_file(con, settings, path, now)
         if result.saved:
-            publish_snapshot(con, db)
+            publish(con, db, settings)
     return {"saved": result.saved, "errors": result.errors}
 
 

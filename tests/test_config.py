@@ -404,9 +404,9 @@ def test_a_lake_storage_is_refused_in_one_line_by_the_commands_that_do_not_run_o
     connect(tmp_path / "crm.duckdb").close()                    # a database exists: the command gets that far
     lake = tmp_path / "lake.toml"
     lake.write_text('[[shops]]\nshop_id = "s1"\n' + LAKE, encoding="utf-8")
-    # ingest, plan, backfill and dispatch run on the lake (tests/test_lake_pipeline.py); the others refuse it
-    for args in (["visits", "import", str(lake)], ["report", "--as-of", "2026-11-24T10:00:00+08:00"],
-                 ["effect"], ["extract"]):
+    # every other command runs on the lake (tests/test_lake_pipeline.py, test_lake_dispatch.py,
+    # test_lake_commands.py); the demo makes a DuckDB file of its own and refuses it
+    for args in (["demo", "--out", str(tmp_path / "demo"), "--orders", "100"],):
         result = crm("--db", str(tmp_path / "crm.duckdb"), "--config", str(lake), *args, env={"PREFECT_API_URL": ""})
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
@@ -416,7 +416,7 @@ def test_a_lake_storage_is_refused_in_one_line_by_the_commands_that_do_not_run_o
 
 def test_a_flow_run_refuses_a_lake_storage_before_touching_the_file(tmp_path, no_storage_env):
     """A deployment's run reaches the flows without `crm`: the session of a flow that does not run on the lake
-    (dispatch, visits, report) refuses too, and makes no file."""
+    (dispatch) refuses too, and makes no file."""
     from crm.db import session
 
     settings = load_settings(_write(tmp_path, '[[shops]]\nshop_id = "s1"\n' + LAKE))

@@ -30,6 +30,7 @@ import duckdb
 import polars as pl
 
 from crm.db import transaction
+from crm.storage.layout import ops_table
 
 CATEGORIES = ("quality", "logistics", "packaging", "service")
 CATEGORY_VALUES = ("good", "issue", "n/a")
@@ -196,9 +197,11 @@ def record(con: duckdb.DuckDBPyConnection, settings, outcome: dict, now: datetim
         refusal = gift_refusal(con, shop_id, when, settings.shop(shop_id).visits.gift_ratio)
         if refusal:
             return refusal
+    # both tables are operational: on the lake, the PostgreSQL ones (one transaction, one database)
+    outcomes, messages = ops_table(con, "visit_outcomes"), ops_table(con, "messages")
     with transaction(con):
         con.execute(
-            "INSERT INTO ops.visit_outcomes (order_id, reached, quality, logistics, packaging, service, suggestion, "
+            f"INSERT INTO {outcomes} (order_id, reached, quality, logistics, packaging, service, suggestion, "
             "gift, compensation, recorded_at, shop_id, callback_at, agent, message_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [outcome["order_id"], outcome["reached"], outcome["quality"], outcome["logistics"], outcome["packaging"],
@@ -206,7 +209,7 @@ def record(con: duckdb.DuckDBPyConnection, settings, outcome: dict, now: datetim
              outcome["callback_at"], outcome["agent"], f"followup:{outcome['order_id']}"],
         )
         if outcome["reached"]:
-            con.execute("UPDATE ops.messages SET status = 'done' WHERE message_id = ? AND channel = 'call'",
+            con.execute(f"UPDATE {messages} SET status = 'done' WHERE message_id = ? AND channel = 'call'",
                         [f"followup:{outcome['order_id']}"])
     return None
 

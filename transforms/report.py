@@ -34,7 +34,8 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from crm.db import asset_dir, connect, exclusive, shop_macros, sql_text, transaction
+from crm.db import asset_dir, connect_storage, exclusive, reader, sql_text, transaction
+from crm.storage.layout import ops_table
 from crm.redact import mask_email
 
 log = logging.getLogger("crm.report")
@@ -257,20 +258,24 @@ def gather(db: str | Path, settings, shop_id: str, period: str = "week", day: st
     t = t.astimezone(timezone.utc)
     start, end = period_bounds(period, day, t, shop.timezone)
     report = Report(shop.shop_id, shop.display_name, shop.locale, shop.timezone, period, start, end, t)
-    try:
-        con = connect(db, read_only=True)
-    except FileNotFoundError as e:
-        raise ReportError(str(e)) from None
-    except duckdb.Error as e:
-        raise ReportError(f"{db}: cannot be opened as a database: {str(e).splitlines()[0]}") from None
+    con = _reader(db, settings)
     with closing(con):
-        shop_macros(con, [(s.shop_id, s.timezone) for s in settings.shops])
         try:
             _read(con, report)
         except duckdb.CatalogException as e:
             raise ReportError(f"{db}: not a crm database ({str(e).splitlines()[0]})") from None
     report.seconds["gather"] = time.perf_counter() - started
     return report
+
+
+def _reader(db: str | Path, settings) -> duckdb.DuckDBPyConnection:
+    """The storage, read-only, with the shops' macros (crm.db.reader); a missing or unreadable file is one line."""
+    try:
+        return reader(db, settings)
+    except FileNotFoundError as e:
+        raise ReportError(str(e)) from None
+    except duckdb.Error as e:
+        raise ReportError(f"{db}: cannot be opened as a database: {str(e).splitlines()[0]}") from None
 
 
 # feedback_summary's columns the report shows (Report fields of the same name)
@@ -544,7 +549,8 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
     journal = SendJournal(db)
     with exclusive(f"{db}.dispatch.lock", wait_seconds=wait_seconds,
                    on_wait=lambda: log.warning("a dispatch is running on %s: waiting for it to finish", db)):
-        with closing(connect(db)) as con:
+        with closing(connect_storage(db, settings)) as con:
+            messages = ops_table(con, "messages")         # on the lake, PostgreSQL's
             row = con.execute("SELECT status, sent_at, attempts FROM ops.messages WHERE message_id = ?",
                               [msg["message_id"]]).fetchone()
             if row is not None and row[0] == "sent":
@@ -554,7 +560,7 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
             mark = journal.last_marks().get(msg["message_id"])
             if row is not None and row[0] == "queued" and mark in ("?", "+"):
                 status, error = ("sent", None) if mark == "+" else ("failed", IN_DOUBT)
-                con.execute("UPDATE ops.messages SET status = ?, last_error = ? WHERE message_id = ?",
+                con.execute(f"UPDATE {messages} SET status = ?, last_error = ? WHERE message_id = ?",
                             [status, error, msg["message_id"]])
                 log.warning("%s: an earlier try stopped mid-send; recorded as %s, not sent again",
                             msg["message_id"], status)
@@ -563,12 +569,12 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
             with transaction(con):
                 if row is None:
                     con.execute(
-                        "INSERT INTO ops.messages (message_id, purpose, shop_id, channel, recipient, body, status, "
+                        f"INSERT INTO {messages} (message_id, purpose, shop_id, channel, recipient, body, status, "
                         "attempts, created_at, template, as_of) VALUES (?, ?, ?, 'email', ?, ?, 'queued', 0, ?, ?, ?)",
                         [msg["message_id"], PURPOSE, report.shop_id, recipient, html, report.as_of, TEMPLATE,
                          report.as_of])
                 else:
-                    con.execute("UPDATE ops.messages SET status = 'queued', recipient = ?, body = ?, last_error = NULL "
+                    con.execute(f"UPDATE {messages} SET status = 'queued', recipient = ?, body = ?, last_error = NULL "
                                 "WHERE message_id = ?", [recipient, html, msg["message_id"]])
         smtp, gw = settings.smtp, settings.gateway
         sender = SmtpSender(smtp.host, smtp.port, smtp.sender, smtp.username, smtp.password, smtp.starttls,
@@ -580,8 +586,9 @@ def send_report(db: str | Path, settings, report: Report, html: str, *, source: 
             journal.close()           # its lines stay until the next dispatch settles the journal
         # SMTP has accepted (or refused) it: wait as long as it takes to record that, or a retry would send
         # the report a second time
-        with closing(connect(db, wait_seconds=600)) as con:
-            con.execute("UPDATE ops.messages SET status = ?, attempts = attempts + ?, sent_at = ?, last_error = ? "
+        with closing(connect_storage(db, settings, wait_seconds=600)) as con:
+            con.execute(f"UPDATE {ops_table(con, 'messages')} SET status = ?, attempts = attempts + ?, sent_at = ?, "
+                        "last_error = ? "
                         "WHERE message_id = ? AND status = 'queued'",
                         [outcome.status, outcome.attempts, outcome.sent_at, outcome.error, msg["message_id"]])
     log.info("%s to %s: %s after %d attempt(s)", msg["message_id"], masked, outcome.status, outcome.attempts)
@@ -611,12 +618,7 @@ def effect_summary(db: str | Path, settings, *, shop: str | None = None, start: 
     first, last = parse_day(start, "--from"), parse_day(end, "--to")
     if first and last and last < first:
         raise ReportError(f"--to {last} is before --from {first}")
-    try:
-        con = connect(db, read_only=True)
-    except FileNotFoundError as e:
-        raise ReportError(str(e)) from None
-    except duckdb.Error as e:
-        raise ReportError(f"{db}: cannot be opened as a database: {str(e).splitlines()[0]}") from None
+    con = _reader(db, settings)
     with closing(con):
         try:
             # the T the §8 marts are as of (the newest plan's), also when they hold no row yet

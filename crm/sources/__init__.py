@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import time
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -117,7 +118,10 @@ def _commit(con, shop_id: str, kind: str, batch: Batch) -> None:
     """In one transaction: the batch's rejects into ops.quarantine (a reject already there, same source and
     record, is not added again: the overlap re-reads it), and the watermark forward to batch.high_water."""
     from crm.db import transaction
+    from crm.storage.layout import ops_table
 
+    # both operational: on the lake, PostgreSQL's tables (one transaction, one database)
+    quarantine, watermarks = ops_table(con, "quarantine"), ops_table(con, "source_watermarks")
     with transaction(con):
         if batch.rejects:
             entity = [r.get("entity") or "orders" for r in batch.rejects]
@@ -127,15 +131,15 @@ def _commit(con, shop_id: str, kind: str, batch: Batch) -> None:
                    for r in batch.rejects]
             reason = [str(r.get("reason") or "could not be mapped") for r in batch.rejects]
             con.execute(
-                "INSERT INTO ops.quarantine (entity, source_file, row_number, \"row\", reason, ingest_id, loaded_at) "
+                f"INSERT INTO {quarantine} (entity, source_file, row_number, \"row\", reason, ingest_id, loaded_at) "
                 "SELECT e, f, NULL, r, why, NULL, now() FROM (SELECT unnest(?::VARCHAR[]) AS e, "
                 "unnest(?::VARCHAR[]) AS f, unnest(?::VARCHAR[]) AS r, unnest(?::VARCHAR[]) AS why) AS new "
                 "WHERE NOT EXISTS (SELECT 1 FROM ops.quarantine q WHERE q.entity = new.e AND q.source_file = new.f "
                 "AND q.\"row\" IS NOT DISTINCT FROM new.r)", [entity, source, raw, reason])
         if batch.high_water is not None:
             con.execute(
-                "INSERT INTO ops.source_watermarks VALUES (?, ?, ?, now()) ON CONFLICT (shop_id, source) DO UPDATE "
-                "SET watermark = greatest(ops.source_watermarks.watermark, excluded.watermark), "
+                f"INSERT INTO {watermarks} VALUES (?, ?, ?, now()) ON CONFLICT (shop_id, source) DO UPDATE "
+                f"SET watermark = greatest({watermarks}.watermark, excluded.watermark), "
                 "updated_at = excluded.updated_at", [shop_id, kind, batch.high_water])
 
 
@@ -206,18 +210,39 @@ def extract(db: str | Path, settings, shop_id: str, landing: str | Path, *, as_o
             log: Callable[[str], None] | None = None) -> dict:
     """Fetch what shop `shop_id` changed on its platform between its start (start_of) and T = `as_of`, write it
     under `landing` batch by batch, moving its watermark after each; returns a summary (counts only)."""
-    from crm.db import connect
-    from crm.sources.landing import write_batch
-
     shop = settings.shop(shop_id)
     cfg = shop.source
     source = open_source(shop, cfg, os.environ if env is None else env, sleep=sleep)
     until = _utc(as_of)
-    con = connect(db)
-    try:
+    with _storage(db, settings) as opened:
+        return _run(opened, shop_id, cfg, source, landing, until, since, step, log)
+
+
+@contextmanager
+def _storage(db, settings) -> Iterator[Callable[[], AbstractContextManager]]:
+    """How the run opens its storage for a moment: the DuckDB file anew each time (it is never held while a
+    provider waits on the network, so that a flow or the page can write meanwhile), or on the lake one connection
+    for the whole run (nothing to hold there: each moment is its own transaction; opening the lake costs ~1 s)."""
+    if settings.storage.kind == "ducklake":
+        from crm.storage import connect_layout
+
+        con = connect_layout(settings.storage)
+        try:
+            yield lambda: nullcontext(con)
+        finally:
+            con.close()
+    else:
+        from crm.db import connect
+
+        yield lambda: closing(connect(db))
+
+
+def _run(opened, shop_id: str, cfg, source: Source, landing, until: datetime, since: datetime | None, step,
+         log) -> dict:
+    from crm.sources.landing import write_batch
+
+    with opened() as con:
         stored = watermark(con, shop_id, cfg.kind)
-    finally:
-        con.close()
     start = _utc(start_of(cfg, stored, until, since))
     summary = {"shop_id": shop_id, "kind": cfg.kind, "since": start.isoformat(), "until": until.isoformat(),
                "started_from": "--since" if since is not None else ("watermark" if stored else "backfill"),
@@ -228,15 +253,12 @@ def extract(db: str | Path, settings, shop_id: str, landing: str | Path, *, as_o
                                 f"T {until.isoformat()}")
         return summary
     for batch in source.batches(start, until):
-        con = connect(db)
-        try:
+        with opened() as con:
             keep_staged(con, batch.rows)
             files = write_batch(landing, cfg.kind, shop_id, batch.rows)
             _commit(con, shop_id, cfg.kind, batch)
             if batch.high_water is not None:
                 stored = max(stored, _utc(batch.high_water)) if stored else _utc(batch.high_water)
-        finally:
-            con.close()
         summary["batches"] += 1
         summary["pages"] += batch.pages
         summary["orders"] += len(batch.rows.get("orders") or [])

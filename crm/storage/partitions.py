@@ -15,6 +15,7 @@ not. Changing P moves shops between partitions: reload them (`crm ingest` of eac
 from __future__ import annotations
 
 import hashlib
+import os
 
 from crm.config import ConfigError
 
@@ -22,6 +23,19 @@ from crm.config import ConfigError
 def bucket(shop_id: str, partitions: int) -> int:
     """The partition of `shop_id` among `partitions` (sql/macros.sql hash01, times P, rounded down)."""
     return int(hashlib.md5(shop_id.encode("utf-8")).hexdigest()[:8], 16) * partitions // 2**32
+
+
+def current(partition: int | None = None) -> int | None:
+    """`partition`, else CRM_PARTITION's (what `--partition` sets for the process), else None."""
+    if partition is not None:
+        return partition
+    text = os.environ.get("CRM_PARTITION", "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"CRM_PARTITION={text!r}: not a partition number (0, 1, …)") from None
 
 
 def check(storage, partition: int | None) -> int | None:
@@ -48,3 +62,8 @@ def of(settings, partition: int | None):
     shops = [s for s in settings.shops if bucket(s.shop_id, p) == partition]
     retired = [s for s in settings.retired_shops if bucket(s, p) == partition]
     return settings.model_copy(update={"shops": shops, "retired_shops": retired})
+
+
+def scoped(settings):
+    """`settings` for this process's partition (CRM_PARTITION, which `--partition` sets): its shops only."""
+    return of(settings, current())

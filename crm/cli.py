@@ -106,9 +106,10 @@ def main_options(
     STATE.config_given = ctx.get_parameter_source("config").name != "DEFAULT"
 
 
-def _settings(*, lake: bool = False):
+def _settings(*, lake: bool = False, all_partitions: bool = False):
     """The shops file's settings, or one `error:` line. A `[storage] kind` other than "duckdb" is refused unless
-    the command works on it (`lake`)."""
+    the command works on it (`lake`); on a partitioned lake such a command needs --partition unless it reads them
+    all (`all_partitions`)."""
     from crm.config import ConfigError, load_settings
 
     try:
@@ -124,7 +125,7 @@ def _settings(*, lake: bool = False):
         fail(f'{STATE.config}: [storage] kind = "{settings.storage.kind}": not yet supported by {STATE.command}; '
              'docs/rules.md §10 lists the commands that run on the lake; this one runs on the embedded DuckDB file '
              'only (kind = "duckdb", the file --db names)')
-    if lake:
+    if lake and not (all_partitions and STATE.partition is None):
         from crm.storage import partitions
 
         try:
@@ -608,23 +609,46 @@ def effect(
             console.print(table)
 
 
+def _read_storage():
+    """(a read connection, its name): the DuckDB file read-only, or, when the shops file says `[storage] kind =
+    "ducklake"`, the lake (its partition's, --partition) with the operational tables in PostgreSQL. A command
+    that only reads needs no shops file on the embedded file: one that is missing or wrong means the file."""
+    from crm.db import connect
+
+    settings = None
+    if STATE.config.exists():
+        from crm.config import ConfigError, load_settings
+
+        try:
+            settings = load_settings(STATE.config)
+        except ConfigError:
+            settings = None
+    if settings is not None and settings.storage.kind == "ducklake":
+        from crm.db import connect_storage
+
+        _settings(lake=True)                                   # the partition, checked in one line
+        name = "the lake" + (f", partition {STATE.partition}" if STATE.partition is not None else "")
+        return connect_storage(STATE.db, settings, read_only=True), name
+    try:
+        return connect(STATE.db, read_only=True), str(STATE.db)
+    except FileNotFoundError as e:
+        fail(str(e))
+
+
 @app.command()
 def status() -> None:
     """What the database holds: staged rows, quarantine, recent ingests."""
     from rich.table import Table
 
-    from crm.db import connect
-
-    try:
-        con = connect(STATE.db, read_only=True)
-    except FileNotFoundError as e:
-        fail(str(e))
-    table = Table(title=str(STATE.db))
+    con, name = _read_storage()
+    table = Table(title=name)
     table.add_column("table")
     table.add_column("rows", justify="right")
+    # the current database's tables (on the lake: its tables, and the views of the operational tables in PostgreSQL)
     for (schema, name) in con.execute(
-        "SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name IN ('staging', 'marts', 'ops') "
-        "ORDER BY schema_name, table_name"
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema IN ('staging', 'marts', 'ops') AND (table_type = 'BASE TABLE' OR table_schema = 'ops') "
+        "ORDER BY table_schema, table_name"
     ).fetchall():
         n = con.execute(f'SELECT count(*) FROM {schema}."{name}"').fetchone()[0]
         table.add_row(f"{schema}.{name}", f"{n:,}")
@@ -638,7 +662,8 @@ def status() -> None:
 
 def _print_gateway_news(con) -> None:
     """What the gateways told us back (docs/rules.md §7): receipts by status, replies, opt-outs."""
-    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'ops'").fetchall()}
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'ops' "
+                                        "AND table_catalog = current_database()").fetchall()}
     if not {"delivery_receipts", "replies"} <= tables:
         return                                  # a database from before the hooks existed
     receipts = con.execute("SELECT status, count(*) FROM ops.delivery_receipts GROUP BY 1 ORDER BY 2 DESC").fetchall()
@@ -658,13 +683,9 @@ def quarantine(
     """The rejected input rows with their reasons (ops.quarantine)."""
     from rich.table import Table
 
-    from crm.db import connect
     from crm.redact import redact
 
-    try:
-        con = connect(STATE.db, read_only=True)
-    except FileNotFoundError as e:
-        fail(str(e))
+    con, _ = _read_storage()
     where, params = ("WHERE entity = ?", [entity]) if entity else ("", [])
     summary = con.execute(f"SELECT entity, count(*) FROM ops.quarantine {where} GROUP BY 1 ORDER BY 1", params).fetchall()
     console.print(", ".join(f"{e}: {n:,}" for e, n in summary) or "the quarantine is empty")
@@ -822,6 +843,62 @@ def storage_check() -> None:
     console.print('  crm ingest, extract, plan, backfill, visits import, report, effect and serve run on this storage; '
                   'the other commands do not yet (docs/rules.md §10)',
                   highlight=False)
+
+
+@storage_app.command("sql")
+def storage_sql(
+    query: str = typer.Argument(..., help="One SQL query, e.g. \"SELECT shop_id, count(*) FROM marts.visit_tasks GROUP BY 1\"."),
+    csv_out: bool = typer.Option(False, "--csv", help="Print CSV (a header, then the rows) instead of a table."),
+    limit: int = typer.Option(1000, "--limit", help="At most this many rows printed."),
+) -> None:
+    """The analysts' read path: a read-only query on the tables where they live (docs/rules.md §10). The DuckDB
+    file: its analysts' copy (or the file itself before the first run made one). The lake: its tables and the
+    operational ones in PostgreSQL under the same names; a partitioned lake's partitions all together, as one
+    set of tables (or one, --partition K)."""
+    import csv
+    import sys
+
+    import duckdb
+
+    from crm.db import analytics_path
+
+    settings = _settings(lake=True, all_partitions=True) if STATE.config.exists() else None
+    if settings is not None and settings.storage.kind == "ducklake":
+        from crm.storage import ExtensionError, StorageError, connect_group
+
+        try:
+            con = connect_group(settings.storage, STATE.partition)
+        except ExtensionError as e:
+            fail(str(e))
+        except StorageError as e:
+            fail(str(e), 1)
+    else:
+        from crm.db import connect
+
+        copy = analytics_path(STATE.db)
+        try:
+            con = connect(copy if copy.exists() else STATE.db, read_only=True)
+        except FileNotFoundError as e:
+            fail(str(e))
+    try:
+        cursor = con.execute(query)
+        names = [d[0] for d in cursor.description or []]
+        rows = cursor.fetchmany(limit)
+    except duckdb.Error as e:
+        fail(f"the query: {str(e).splitlines()[0]}")
+    finally:
+        con.close()
+    if csv_out:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(names)
+        writer.writerows(rows)
+        return
+    from rich.table import Table
+
+    table = Table(*names)
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    console.print(table)
 
 
 @storage_app.command("maintain")

@@ -9,7 +9,7 @@ import httpx
 
 from crm.config import load_settings
 from crm.db import session
-from deploying import api_url, deploy_env, deployed, deployments, wait_until_final, worker
+from deploying import api_url, call, deploy_env, deployed, deployments, wait_until_final, worker
 from postgres import postgres  # noqa: F401  (the session's fixture)
 from test_lake_dispatch import AT, demo, servers  # noqa: F401  (a fixture)
 from test_lake_pipeline import _lake_shops, lake_of
@@ -33,11 +33,11 @@ def test_the_group_flows_fan_out_over_the_partitions_on_workers(postgres, tmp_pa
         states = {}
         for name, parameters in (("group-ingest", {"landing_root": str(root)}),
                                  ("group-dispatch", {"as_of": AT.isoformat()})):
-            run = client.post(f"/deployments/{found[name]['id']}/create_flow_run",
-                              json={"parameters": parameters}).json()
+            run = call(client, "POST", f"/deployments/{found[name]['id']}/create_flow_run",
+                       json={"parameters": parameters}).json()
             states[name] = wait_until_final(client, run["id"], timeout=420)
             assert states[name] == "COMPLETED", (name, states, _logs(client))
-        limits = {c["name"]: c["limit"] for c in client.post("/v2/concurrency_limits/filter", json={}).json()}
+        limits = {c["name"]: c["limit"] for c in call(client, "POST", "/v2/concurrency_limits/filter", json={}).json()}
     assert {f"crm-partition-{k}": 1 for k in range(4)}.items() <= limits.items()
     keys = [key for _, key, status in gateway.requests if status == 200]
     assert len(keys) == len(set(keys)) > 10 and gateway.repeats == 0

@@ -130,9 +130,16 @@ def test_crm_ingest_plan_and_backfill_run_on_the_lake(postgres, tmp_path, local_
         runs = con.execute("SELECT count(*), sum(files_new) FROM opsdb.ingest_runs").fetchone()
         files = con.execute("SELECT count(*) FROM opsdb.ingested_files").fetchone()[0]
         hashes = con.execute("SELECT count(*) FROM opsdb.file_hashes").fetchone()[0]
+        quarantined = con.execute("SELECT entity, count(*) FROM opsdb.quarantine GROUP BY 1 ORDER BY 1").fetchall()
         times = {r[0] for r in con.execute("SELECT DISTINCT as_of FROM marts.reminder_decisions").fetchall()}
         decisions = con.execute("SELECT count(*) FROM marts.reminder_decisions WHERE as_of = ?", [T]).fetchone()[0]
     assert runs[0] == 1 and runs[1] == files == hashes > 5        # the second ingest found nothing new
+    status = crm(*common, "status")
+    assert status.returncode == 0 and "the lake" in status.stdout and "ops.messages" in status.stdout, status.stderr
+    assert "ingest #" in status.stdout and "staging.orders" in status.stdout
+    shown = crm(*common, "quarantine", "--limit", "3")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.splitlines()[0] == ", ".join(f"{e}: {n:,}" for e, n in quarantined), shown.stdout
     assert times == {T - timedelta(hours=2), T - timedelta(hours=1), T} and decisions > 0
     assert not (tmp_path / "unused.duckdb").exists()
 
@@ -240,6 +247,17 @@ def test_two_partitions_at_once_give_together_the_marts_of_one_file(postgres, tm
     problems = differences(one, together)
     assert not problems, "\n".join(problems)
     assert len(one["reminder_decisions"]) > 20
+    # the analysts' read path: the partitions as one set of tables, read-only
+    query = "SELECT shop_id, decision, count(*) AS n FROM marts.reminder_decisions GROUP BY ALL ORDER BY ALL"
+    read = crm("--db", str(local_server), "--config", str(config), "storage", "sql", "--csv", query)
+    assert read.returncode == 0, read.stderr[-2000:]
+    with session(tmp_path / "crm.duckdb", settings) as con:
+        expected = con.execute(query).fetchall()
+    assert read.stdout.splitlines() == ["shop_id,decision,n"] + [f"{a},{b},{n}" for a, b, n in expected]
+    refused = crm("--db", str(local_server), "--config", str(config), "storage", "sql", "DELETE FROM marts.visit_tasks")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: the query: "), refused.stderr[-2000:]
+    with session(tmp_path / "unused.duckdb", lake, lake=True, partition=3) as con:
+        assert con.execute("SELECT count(*) FROM marts.visit_tasks").fetchone()[0] > 0
 
 
 def test_a_partitioned_lake_needs_the_partition_named_in_one_line(postgres, tmp_path):  # noqa: F811

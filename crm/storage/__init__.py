@@ -23,7 +23,8 @@ import duckdb
 from crm.config import Storage
 from crm.storage.extensions import ExtensionError
 
-__all__ = ["LAKE", "OPS", "LAKE_SCHEMAS", "StorageError", "ExtensionError", "connect_lake", "connect_layout", "mask"]
+__all__ = ["LAKE", "OPS", "LAKE_SCHEMAS", "StorageError", "ExtensionError", "connect_group", "connect_lake",
+           "connect_layout", "mask"]
 
 LAKE = "lake"                          # the DuckLake's name on the connection: lake.staging.…, lake.marts.…
 OPS = "opsdb"                          # the ops database's: opsdb.public.…
@@ -68,12 +69,31 @@ def connect_lake(storage: Storage, *, data_inlining_row_limit: int | None = None
     until flushed (None: DuckLake's default; 0: every insert writes Parquet). `partition`: that partition's lake
     (crm/storage/partitions.py: its catalog in the schema p<k>, its files under p<k>/). StorageError on any
     failure."""
+    con = _open(storage)
+    try:
+        _attach_lake(con, storage, LAKE, partition, data_inlining_row_limit=data_inlining_row_limit)
+        for schema in LAKE_SCHEMAS:
+            _step(con, f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{schema}", "[storage] data_path",
+                  f"cannot create the lake's schema {schema}", _secrets(storage))
+        _step(con, f"ATTACH {_lit(storage.ops_dsn)} AS {OPS} (TYPE postgres)", "[storage] ops_dsn",
+              "cannot reach the ops database", _secrets(storage))
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _secrets(storage: Storage) -> tuple[str, ...]:
+    return (storage.s3.secret, storage.s3.key_id)
+
+
+def _open(storage: Storage) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the lake's extensions loaded and, for an s3:// data path, its secret."""
     from crm.db import _resources
     from crm.storage import extensions
 
     if storage.kind != "ducklake":
         raise StorageError(f'[storage] kind = "{storage.kind}": connect_lake opens kind = "ducklake" only')
-    secrets = (storage.s3.secret, storage.s3.key_id)
     names = ("ducklake", "postgres") + (("httpfs",) if storage.on_s3 else ())
     con = extensions.connect(names=names)              # ExtensionError: a wheel that does not match duckdb
     try:
@@ -84,20 +104,65 @@ def connect_lake(storage: Storage, *, data_inlining_row_limit: int | None = None
                         f"SECRET {_lit(s3.secret)}, ENDPOINT {_lit(s3.endpoint)}, REGION {_lit(s3.region)}, "
                         f"URL_STYLE {_lit(s3.url_style)}, USE_SSL {'true' if s3.use_ssl else 'false'}, "
                         f"SCOPE {_lit(storage.data_path)})")
-        else:
-            Path(data_path_of(storage, partition)).mkdir(parents=True, exist_ok=True)
-        options = [f"DATA_PATH {_lit(data_path_of(storage, partition))}"]
-        if partition is not None:
-            options.append(f"METADATA_SCHEMA 'p{int(partition)}'")
-        if data_inlining_row_limit is not None:
-            options.append(f"DATA_INLINING_ROW_LIMIT {int(data_inlining_row_limit)}")
-        _step(con, f"ATTACH {_lit('ducklake:' + storage.catalog)} AS {LAKE} ({', '.join(options)})",
-              "[storage] catalog", "cannot open DuckLake's catalog", secrets)
-        for schema in LAKE_SCHEMAS:
-            _step(con, f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{schema}", "[storage] data_path",
-                  f"cannot create the lake's schema {schema}", secrets)
-        _step(con, f"ATTACH {_lit(storage.ops_dsn)} AS {OPS} (TYPE postgres)", "[storage] ops_dsn",
-              "cannot reach the ops database", secrets)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _attach_lake(con, storage: Storage, name: str, partition: int | None, *, read_only: bool = False,
+                 data_inlining_row_limit: int | None = None) -> None:
+    if not storage.on_s3 and not read_only:
+        Path(data_path_of(storage, partition)).mkdir(parents=True, exist_ok=True)
+    options = [f"DATA_PATH {_lit(data_path_of(storage, partition))}"]
+    if partition is not None:
+        options.append(f"METADATA_SCHEMA 'p{int(partition)}'")
+    if data_inlining_row_limit is not None:
+        options.append(f"DATA_INLINING_ROW_LIMIT {int(data_inlining_row_limit)}")
+    if read_only:
+        options.append("READ_ONLY")
+    _step(con, f"ATTACH {_lit('ducklake:' + storage.catalog)} AS {name} ({', '.join(options)})",
+          "[storage] catalog", "cannot open DuckLake's catalog", _secrets(storage))
+
+
+def connect_group(storage: Storage, partition: int | None = None) -> duckdb.DuckDBPyConnection:
+    """The analysts' reading of the lake: every partition's lake (or only `partition`'s; an unpartitioned lake: the
+    one) attached read-only (`lake_p<k>`) and, in an in-memory database made the current one, views `staging.x`,
+    `marts.x`, `ops.x` with the rows of every partition (UNION ALL BY NAME of the partitions that have the table)
+    and the operational tables of PostgreSQL. Nothing can be written through it."""
+    from crm.db import sql_text
+    from crm.storage import layout
+
+    parts = ([None] if storage.partitions == 1 else [partition] if partition is not None
+             else list(range(storage.partitions)))
+    con = _open(storage)
+    try:
+        for k in parts:
+            try:
+                _attach_lake(con, storage, f"{LAKE}_p{0 if k is None else k}", k, read_only=True)
+            except StorageError as e:
+                if k is None or "does not exist" not in str(e):
+                    raise                  # a partition no run has written yet has no lake: nothing to read there
+        _step(con, f"ATTACH {_lit(storage.ops_dsn)} AS {OPS} (TYPE postgres, READ_ONLY)", "[storage] ops_dsn",
+              "cannot reach the ops database", _secrets(storage))
+        con.execute("ATTACH ':memory:' AS grp; USE grp; SET TimeZone = 'UTC'")
+        found: dict[tuple[str, str], list[str]] = {}
+        for db, schema, table in con.execute(
+                "SELECT table_catalog, table_schema, table_name FROM information_schema.tables WHERE table_catalog "
+                "LIKE ? AND table_schema IN ('staging', 'marts', 'ops') ORDER BY 1", [f"{LAKE}_p%"]).fetchall():
+            found.setdefault((schema, table), []).append(db)
+        for schema in ("staging", "marts", "ops"):
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS grp.{schema}")
+        for (schema, table), dbs in sorted(found.items()):
+            if schema == "ops" and table in layout.OPERATIONAL:
+                select = f"SELECT * FROM {OPS}.{table}"
+            else:
+                select = " UNION ALL BY NAME ".join(f'SELECT * FROM {db}.{schema}."{table}"' for db in dbs)
+            con.execute(f'CREATE VIEW grp.{schema}."{table}" AS {select}')
+        con.execute(sql_text("macros.sql"))
+    except duckdb.Error as e:
+        con.close()
+        raise StorageError(f"[storage]: cannot read the partitions together: {mask(_first_line(e))}") from None
     except BaseException:
         con.close()
         raise

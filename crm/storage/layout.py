@@ -18,7 +18,9 @@ lake's copy of sql/schema.sql (uniqueness is where it matters, in PostgreSQL), a
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
 
 import duckdb
 
@@ -53,27 +55,64 @@ def statements(sql: str) -> list[str]:
 
 def create(con: duckdb.DuckDBPyConnection) -> None:
     """sql/schema.sql on the lake layout: each statement where its table lives, then a view in lake.ops on each
-    operational table. Idempotent, like the file itself."""
+    operational table. Idempotent, like the file itself; skipped whole (~0.3 s of DDL round trips to PostgreSQL)
+    when the lake records that this very schema was made there (lake.ops.layout_made)."""
+    text = sql_text("schema.sql")
+    made = hashlib.sha256((text + "\n".join(OPERATIONAL)).encode()).hexdigest()
+    try:
+        done = con.execute(f"SELECT count(*) FROM {LAKE}.ops.layout_made WHERE schema_hash = ?", [made]).fetchone()[0]
+    except duckdb.CatalogException:
+        done = 0                                              # a new lake
+    if not done:
+        _tables(con, text)
+    _views(con)
+    if not done:
+        con.execute(f"CREATE OR REPLACE TABLE {LAKE}.ops.layout_made AS SELECT ? AS schema_hash, now() AS made_at",
+                    [made])
+
+
+def _tables(con: duckdb.DuckDBPyConnection, text: str) -> None:
+    """Every statement of sql/schema.sql where its table lives: an operational one in PostgreSQL, the rest in the
+    lake without keys."""
     for schema in ("staging", "marts", "ops"):
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {LAKE}.{schema}")
-    for stmt in statements(sql_text("schema.sql")):
+    for stmt in statements(text):
         head = stmt.split(None, 3)
         if head[0].upper() == "CREATE" and head[1].upper() == "SCHEMA":
             continue
         if head[0].upper() == "CREATE" and head[1].upper() == "SEQUENCE":
             # the one sequence: ops.ingest_run_seq, in PostgreSQL (next_ingest_id)
-            con.execute(f"CALL postgres_execute('{OPS}', 'CREATE SEQUENCE IF NOT EXISTS ingest_run_seq')")
+            _shared_ddl(con, f"CALL postgres_execute('{OPS}', 'CREATE SEQUENCE IF NOT EXISTS ingest_run_seq')")
             continue
         m = _TABLE.match(stmt)
         if m and m.group(1).lower() == "ops" and m.group(2).lower() in OPERATIONAL:
             stmt = stmt[:m.start(1)] + f"{OPS}." + stmt[m.start(2):]
             # the manifest is shared by a lake's partitions: each loads a content once (the unique index below)
-            con.execute(lake_ddl(stmt) if m.group(2).lower() == "ingested_files" else stmt)
+            _shared_ddl(con, lake_ddl(stmt) if m.group(2).lower() == "ingested_files" else stmt)
         else:
             con.execute(lake_ddl(stmt))
-    con.execute(f"CALL postgres_execute('{OPS}', 'CREATE UNIQUE INDEX IF NOT EXISTS ingested_files_once "
-                "ON ingested_files (file_hash, coalesce(lake_partition, -1))')")
-    # the views, made again only when missing or when their table gained a column (each is a commit of the lake)
+    _shared_ddl(con, f"CALL postgres_execute('{OPS}', 'CREATE UNIQUE INDEX IF NOT EXISTS ingested_files_once "
+                     "ON ingested_files (file_hash, coalesce(lake_partition, -1))')")
+
+
+def _shared_ddl(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """A CREATE … IF NOT EXISTS in PostgreSQL, which the partitions' first runs may all send at once: PostgreSQL
+    lets two such creations of one table race (one fails on its catalog's unique index although the table is
+    there a moment later), so that failure is tried again, after which IF NOT EXISTS finds the table."""
+    for attempt in range(5):
+        try:
+            con.execute(sql)
+            return
+        except duckdb.Error as e:
+            if attempt == 4 or not ("already exists" in str(e) or "pg_type_typname_nsp_index" in str(e)
+                                    or "pg_class_relname_nsp_index" in str(e)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _views(con: duckdb.DuckDBPyConnection) -> None:
+    """A view in lake.ops on each operational table, made again only when missing or when its table gained a
+    column (the outbox's claim columns: crm/storage/outbox.py; each view made is a commit of the lake)."""
     widths = {(db, t): n for db, t, n in con.execute(
         "SELECT database_name, table_name, count(*) FROM duckdb_columns() WHERE (database_name = ? AND schema_name = "
         "'ops') OR (database_name = ? AND schema_name = 'public') GROUP BY ALL", [LAKE, OPS]).fetchall()}

@@ -94,7 +94,10 @@ def memory_limit() -> str:
 
 
 def _resources(con: duckdb.DuckDBPyConnection) -> None:
-    """memory_limit and threads on a new connection; a bad CRM_DUCKDB_MEMORY / CRM_DUCKDB_THREADS is one line."""
+    """memory_limit and threads on a new connection (no progress bar); a bad CRM_DUCKDB_MEMORY / CRM_DUCKDB_THREADS is
+    one line."""
+    # no progress bar of DuckDB's own on stdout (a query of over 2 s prints one there): stdout is the commands'
+    con.execute("SET enable_progress_bar = false")
     threads = os.environ.get("CRM_DUCKDB_THREADS", "").strip()
     for name, value in (("memory_limit", memory_limit()), ("threads", threads)):
         if not value:

@@ -47,8 +47,14 @@ def test_the_scheduler_creates_runs_and_a_worker_finishes_a_scheduled_one(tmp_pa
         with deployed(env), httpx.Client(base_url=api, timeout=30) as client:
             found = deployments(client)
             assert set(DEPLOYMENTS) <= set(found)
-            schedules = {s["id"]: (name, s) for name in SCHEDULED for s in found[name]["schedules"]}
-            assert len(schedules) == sum(len(DEPLOYMENTS[n]["schedules"]) for n in SCHEDULED)
+            every = {s["id"]: (name, s) for name in SCHEDULED for s in found[name]["schedules"]}
+            assert len(every) == sum(len(DEPLOYMENTS[n]["schedules"]) for n in SCHEDULED)
+            # the group flows' schedules are off until a group turns them on: no runs for them
+            off = {i for i, (_, s) in every.items() if not s["active"]}
+            assert {every[i][0] for i in off} == {n for n, d in DEPLOYMENTS.items()
+                                                  if any(e.get("active") is False for e in d.get("schedules", []))}
+            assert {every[i][0] for i in off} == {"group-ingest", "group-dispatch", "group-maintenance"}
+            schedules = {i: v for i, v in every.items() if i not in off}
 
             # (a) the scheduler gives every schedule of prefect.yaml its upcoming runs
             start, deadline = time.monotonic(), time.monotonic() + 45
@@ -82,6 +88,7 @@ def test_the_scheduler_creates_runs_and_a_worker_finishes_a_scheduled_one(tmp_pa
             # scheduled_time is now, through the API. Nothing else about the run changes. The other scheduled
             # deployments are paused first (which deletes their scheduled runs), so that an ingest or dispatch
             # due at :00/:15/:30/:45 cannot reach the worker and the test does not depend on when it runs.
+            assert not [r for r in runs if r["created_by"] and r["created_by"]["id"] in off], "no run of a schedule that is off"
             for name in SCHEDULED - {"plan-daily"}:
                 call(client, "POST", f"/deployments/{found[name]['id']}/pause_deployment")
             plans = sorted((r for r in _scheduled_runs(client) if r["deployment_id"] == found["plan-daily"]["id"]),

@@ -16,7 +16,9 @@ does not match the installed duckdb); a password or secret never appears in it.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 
@@ -136,7 +138,7 @@ def connect_group(storage: Storage, partition: int | None = None) -> duckdb.Duck
     parts = ([None] if storage.partitions == 1 else [partition] if partition is not None
              else list(range(storage.partitions)))
     con = _open(storage)
-    try:
+    with _or_close(con, "cannot read the partitions together"):
         for k in parts:
             try:
                 _attach_lake(con, storage, f"{LAKE}_p{0 if k is None else k}", k, read_only=True)
@@ -160,12 +162,6 @@ def connect_group(storage: Storage, partition: int | None = None) -> duckdb.Duck
                 select = " UNION ALL BY NAME ".join(f'SELECT * FROM {db}.{schema}."{table}"' for db in dbs)
             con.execute(f'CREATE VIEW grp.{schema}."{table}" AS {select}')
         con.execute(sql_text("macros.sql"))
-    except duckdb.Error as e:
-        con.close()
-        raise StorageError(f"[storage]: cannot read the partitions together: {mask(_first_line(e))}") from None
-    except BaseException:
-        con.close()
-        raise
     return con
 
 
@@ -178,20 +174,27 @@ def connect_layout(storage: Storage, partition: int | None = None) -> duckdb.Duc
     from crm.storage import layout
 
     con = connect_lake(storage, partition=partition)
-    try:
+    with _or_close(con, "cannot set up the lake's tables"):
         con.execute(f"USE {LAKE}")
         con.execute("SET VARIABLE crm_partition = ?::INTEGER", [partition])
         con.execute("SET TimeZone = 'UTC'")
         layout.create(con)
         _views(con)
         con.execute(sql_text("macros.sql"))
+    return con
+
+
+@contextmanager
+def _or_close(con: duckdb.DuckDBPyConnection, what: str) -> Iterator[None]:
+    """Set-up steps on `con`: on any failure it is closed; a DuckDB error becomes one StorageError line."""
+    try:
+        yield
     except duckdb.Error as e:
         con.close()
-        raise StorageError(f"[storage]: cannot set up the lake's tables: {mask(_first_line(e))}") from None
+        raise StorageError(f"[storage]: {what}: {mask(_first_line(e))}") from None
     except BaseException:
         con.close()
         raise
-    return con
 
 
 def _step(con: duckdb.DuckDBPyConnection, sql: str, key: str, what: str, secrets: tuple[str, ...]) -> None:

@@ -66,12 +66,17 @@ class Gateway:
 
         self.requests: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.delay = 0.0                                # seconds before each answer (the benchmark's slow gateway)
 
         async def send(request):
             from urllib.parse import unquote
 
             key = unquote(request.headers.get("idempotency-key") or "")
             await request.body()
+            if self.delay:
+                import asyncio
+
+                await asyncio.sleep(self.delay)
             with self.lock:
                 self.requests[key] += 1
             return JSONResponse({"id": key, "status": "accepted"})

@@ -282,15 +282,26 @@ def _checked(args: list[str], env: dict, folder: Path, timeout: float = 120) -> 
                            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}; see {folder / 'prefect-cli.log'}")
 
 
+def call(client, method: str, url: str, **kwargs):
+    """A request to the Prefect API, tried again while the server answers 503 (its SQLite file busy under load), as
+    Prefect's own client does; any other error raises."""
+    for attempt in range(6):
+        answer = client.request(method, url, **kwargs)
+        if answer.status_code != 503:
+            break
+        time.sleep(1 + attempt)
+    return answer.raise_for_status()
+
+
 def run_deployment(client, name: str, parameters: dict, timeout: float) -> tuple[str, str]:
     """Start deployment `name` (e.g. group-ingest) with `parameters` and wait for it: (run id, final state type)."""
-    found = {d["name"]: d for d in client.post("/deployments/filter", json={}).json()}
-    run = client.post(f"/deployments/{found[name]['id']}/create_flow_run", json={"parameters": parameters, "name": name})
-    run.raise_for_status()
+    found = {d["name"]: d for d in call(client, "POST", "/deployments/filter", json={}).json()}
+    run = call(client, "POST", f"/deployments/{found[name]['id']}/create_flow_run",
+               json={"parameters": parameters, "name": name})
     run_id = run.json()["id"]
     deadline = time.monotonic() + timeout
     while True:
-        state = client.get(f"/flow_runs/{run_id}").json()["state"]["type"]
+        state = call(client, "GET", f"/flow_runs/{run_id}").json()["state"]["type"]
         if state in FINAL or time.monotonic() > deadline:
             return run_id, state
         time.sleep(1)
@@ -304,7 +315,7 @@ def summary_of(client, pg_dsn: str, gateway: Gateway, smtp: SmtpSink, parts: dic
     """What ran and what went out: the runs by name and state, the outbox by channel and status, the requests per key."""
     import psycopg
 
-    runs = client.post("/flow_runs/filter", json={"limit": 200, "sort": "START_TIME_ASC"}).json()
+    runs = call(client, "POST", "/flow_runs/filter", json={"limit": 200, "sort": "START_TIME_ASC"}).json()
     with psycopg.connect(pg_dsn) as con:
         outbox = con.execute("SELECT channel, status, count(*) FROM messages GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
         sent = {r[0]: r[1] for r in con.execute(
@@ -451,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             say("interrupted: tearing down")
         except Exception as e:                                         # one line, then the teardown
-            say(f"error: {type(e).__name__}: {e}")
+            say(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         finally:
             say("tearing down: workers, prefect server, smtp, gateway" + (", s3" if args.s3 else "") + ", postgresql")
     if not args.keep:

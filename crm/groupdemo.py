@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
@@ -283,10 +284,19 @@ def _checked(args: list[str], env: dict, folder: Path, timeout: float = 120) -> 
 
 
 def call(client, method: str, url: str, **kwargs):
-    """A request to the Prefect API, tried again while the server answers 503 (its SQLite file busy under load), as
-    Prefect's own client does; any other error raises."""
+    """A request to the Prefect API, tried again while the server answers 503 or not in time (its SQLite file busy
+    under load), as Prefect's own client does; any other error raises. (Every request here may be sent twice: the
+    reads, and the run's creation, which carries an idempotency key.)"""
+    import httpx
+
     for attempt in range(6):
-        answer = client.request(method, url, **kwargs)
+        try:
+            answer = client.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            if attempt == 5:
+                raise
+            time.sleep(1 + attempt)
+            continue
         if answer.status_code != 503:
             break
         time.sleep(1 + attempt)
@@ -297,7 +307,7 @@ def run_deployment(client, name: str, parameters: dict, timeout: float) -> tuple
     """Start deployment `name` (e.g. group-ingest) with `parameters` and wait for it: (run id, final state type)."""
     found = {d["name"]: d for d in call(client, "POST", "/deployments/filter", json={}).json()}
     run = call(client, "POST", f"/deployments/{found[name]['id']}/create_flow_run",
-               json={"parameters": parameters, "name": name})
+               json={"parameters": parameters, "name": name, "idempotency_key": f"{name}-{uuid.uuid4()}"})
     run_id = run.json()["id"]
     deadline = time.monotonic() + timeout
     while True:
@@ -444,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
             say(f"workers: {args.workers} in crm-process (one run at a time each), 1 in crm-parent "
                 f"(pids {' '.join(map(str, pids))})")
 
-            with httpx.Client(base_url=api, timeout=30) as client:
+            with httpx.Client(base_url=api, timeout=60) as client:
                 states = {}
                 for name, parameters in (("group-ingest", {"landing_root": str(folder / "landings")}),
                                          ("group-dispatch", {"as_of": T.isoformat()})):

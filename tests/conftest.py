@@ -142,8 +142,10 @@ def prefect_server(home: Path, **settings: str):
 
 @pytest.fixture(scope="session")
 def local_server(tmp_path_factory):
-    """One real Prefect server for the session's CLI tests."""
-    with prefect_server(tmp_path_factory.mktemp("srv")) as db:
+    """One real Prefect server for the session's CLI tests. Its scheduler is off: no test on it waits for a schedule
+    (tests/test_schedules.py has a server of its own), and each `prefect deploy --all` would otherwise make up to
+    100 upcoming runs per schedule in its SQLite file while the other tests use it (API calls then timed out)."""
+    with prefect_server(tmp_path_factory.mktemp("srv"), PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false") as db:
         yield db
 
 

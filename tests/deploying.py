@@ -63,16 +63,23 @@ def deployed(env: dict):
     try:
         yield
     finally:
-        with httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30) as client:
+        with httpx.Client(base_url=env["PREFECT_API_URL"], timeout=60) as client:
             for deployment in deployments(client).values():
                 call(client, "DELETE", f"/deployments/{deployment['id']}")
 
 
 def call(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Response:
-    """A write to the API, tried again while the server answers 503 (its SQLite file busy under load), as
-    Prefect's own client does; any other error raises."""
+    """A request to the API, tried again while the server answers 503 or not in time (its SQLite file busy under
+    load: the scheduler filling the deployments' upcoming runs), as Prefect's own client does; any other error
+    raises. Only for requests that may be sent twice (reads, deletes, a state set by force)."""
     for attempt in range(5):
-        answer = client.request(method, url, **kwargs)
+        try:
+            answer = client.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
+            continue
         if answer.status_code != 503:
             break
         time.sleep(1 + attempt)
@@ -92,7 +99,7 @@ def worker(env: dict, cwd: Path, pool: str = "crm-process", **settings: str):
 
 
 def deployments(client: httpx.Client) -> dict[str, dict]:
-    return {d["name"]: d for d in client.post("/deployments/filter", json={}).json()}
+    return {d["name"]: d for d in call(client, "POST", "/deployments/filter", json={}).json()}
 
 
 def wait_until_final(client: httpx.Client, run_id: str, timeout: float = 240) -> str:

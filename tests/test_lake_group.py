@@ -5,6 +5,8 @@ gateway or the SMTP server once."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 
 from crm.config import load_settings
@@ -34,7 +36,7 @@ def test_the_group_flows_fan_out_over_the_partitions_on_workers(postgres, tmp_pa
         for name, parameters in (("group-ingest", {"landing_root": str(root)}),
                                  ("group-dispatch", {"as_of": AT.isoformat()})):
             run = call(client, "POST", f"/deployments/{found[name]['id']}/create_flow_run",
-                       json={"parameters": parameters}).json()
+                       json={"parameters": parameters, "idempotency_key": f"{name}-{uuid.uuid4()}"}).json()
             states[name] = wait_until_final(client, run["id"], timeout=420)
             assert states[name] == "COMPLETED", (name, states, _logs(client))
         limits = {c["name"]: c["limit"] for c in call(client, "POST", "/v2/concurrency_limits/filter", json={}).json()}

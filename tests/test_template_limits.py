@@ -34,7 +34,9 @@ PAYLOADS = {
     "a self-import": ("{% import 'x.j2' as m %}{{ m }}", "recurses without end"),
     "an import of itself through another": ("{% import 'y.j2' as m %}", "recurses without end"),
     "a self-extends": ("{% extends 'x.j2' %}", "recurses without end"),
-    "a recursive macro": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recurses without end"),
+    # (on a busy machine the wall-clock budget can run out before Python's recursion limit: either line is right)
+    "a recursive macro": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+                          ("recurses without end", f"takes longer than {MAX_SECONDS:g} s")),
     "a recursive loop without end": ("{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}", "recurses without end"),
     # size
     "'x' * 10**9": ("{{ 'x' * 10**9 }}", f"would build a value of 1,000,000,000 characters or items, more than the "
@@ -138,7 +140,7 @@ def test_each_hostile_template_is_one_line_quickly(tmp_path, payload):
     text, expected = PAYLOADS[payload]
     message, seconds = _fails(_root(tmp_path, text, OTHERS.get(payload)))
     assert message.startswith("template en/x.j2 ") and "\n" not in message, message
-    assert expected in message, message
+    assert any(e in message for e in (expected if isinstance(expected, tuple) else (expected,))), message
     assert len(message) < 400, "one short line"
     # fast: within the time budget (and the step budget's few milliseconds), with room for a busy machine
     assert seconds < MAX_SECONDS + 1.5, f"{payload}: {seconds:.2f} s"
@@ -223,7 +225,9 @@ def test_a_hostile_template_stops_the_dispatch_before_anything_is_written(world,
     with pytest.raises(RenderError) as info:
         dispatch(con, settings, T, validate=validate_outbox, renderer=Renderer(shipped_copy))
     assert str(info.value).startswith("template zh-CN/payment_reminder/second.j2 "), str(info.value)
-    assert PAYLOADS[payload][1].split(" at line")[0].split(":")[0] in str(info.value)
+    expected = PAYLOADS[payload][1]
+    assert any(e.split(" at line")[0].split(":")[0] in str(info.value)
+               for e in (expected if isinstance(expected, tuple) else (expected,))), str(info.value)
     assert time.perf_counter() - began < 30
     assert con.execute("SELECT count(*) FROM ops.messages").fetchone()[0] == 0 and gw.requests == []
 

@@ -334,13 +334,22 @@ def test_hex_and_exponent_quantities_are_quarantined(con, landing):
 def test_an_order_id_of_another_shop_is_quarantined_not_moved(con, landing):
     landing.csv("orders", "d1.csv", [order("o1", total_amount="10.00")])
     landing.csv("orders", "d2.csv", [order("o1", shop_id="s2", total_amount="20.00", updated_at="2026-11-21T00:00:00Z"),
-                                     order("o2", shop_id="s2"), order("o2", shop_id="s1", updated_at="2026-11-21T00:00:00Z")])
+                                     order("o2", shop_id="s2"), order("o2", shop_id="s1", updated_at="2026-11-21T00:00:00Z"),
+                                     # a row of o2 that is bad on its own: it is told both
+                                     order("o2", shop_id="s1", paid_at="soon"),
+                                     # o3 comes twice from one shop and once, bad, from another: one good shop, no conflict
+                                     order("o3"), order("o3", updated_at="2026-11-21T00:00:00Z"),
+                                     order("o3", shop_id="s2", paid_at="soon")])
     load(con, landing.root)
-    assert con.execute("SELECT order_id, shop_id, total_amount::VARCHAR FROM staging.orders ORDER BY 1").fetchall() == \
-        [("o1", "s1", "10.00"), ("o2", "s2", "99.00")]
+    assert con.execute("SELECT order_id, shop_id, total_amount::VARCHAR, updated_at FROM staging.orders ORDER BY 1").fetchall() == \
+        [("o1", "s1", "10.00", datetime(2026, 11, 20, 2, tzinfo=timezone.utc)),
+         ("o2", "s2", "99.00", datetime(2026, 11, 20, 2, tzinfo=timezone.utc)),
+         ("o3", "s1", "99.00", datetime(2026, 11, 21, tzinfo=timezone.utc))]
     assert reasons(con) == {
         ("d2.csv", 1): 'order_id "o1" belongs to shop s1, this row says s2',
         ("d2.csv", 3): 'order_id "o2" belongs to shop s2, this row says s1',
+        ("d2.csv", 4): 'unparsable paid_at "soon"; order_id "o2" belongs to shop s2, this row says s1',
+        ("d2.csv", 7): 'unparsable paid_at "soon"',
     }
     # a later run: the same conflict, against what is loaded
     landing.csv("orders", "d3.csv", [order("o2", shop_id="s1", updated_at="2026-11-22T00:00:00Z"),

@@ -647,6 +647,14 @@ def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile], ops: l
     # takes it from _files by _file_ord
     con.execute(f"CREATE OR REPLACE TEMP TABLE stg_{entity.name} AS SELECT * EXCLUDE (_source_file) FROM ("
                 + sql_text(f"staging/stg_{entity.name}.sql") + ")")
+    repeats = _repeated_keys(con, entity)
+    if entity.name == "orders":
+        # an order_id this run gives two shops belongs to the first good row's (sql/staging/stg_orders_owners.sql)
+        if repeats:
+            con.execute("UPDATE stg_orders AS s SET _reject_reason = o._reject_reason FROM ("
+                        + sql_text("staging/stg_orders_owners.sql") + ") AS o "
+                        "WHERE s._file_ord = o._file_ord AND s._row_number = o._row_number")
+        con.execute("ALTER TABLE stg_orders DROP COLUMN _loaded_shop_id")
     bad_files = {r[0] for r in con.execute(
         f"SELECT DISTINCT _file_ord FROM stg_{entity.name} WHERE _reject_reason IS NOT NULL").fetchall()}
     if bad_files:
@@ -666,15 +674,25 @@ def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile], ops: l
             """,
             [entity.name, ingest_id],
         )
-    good = _merge(con, entity, ingest_id)
-    con.execute(f"DROP TABLE stg_{entity.name}")
+    good = _merge(con, entity, ingest_id, repeats)
+    con.execute(f"DROP TABLE stg_{entity.name}; DROP TABLE IF EXISTS _dup")
     return good
 
 
-def _merge(con, entity: Entity, ingest_id: int) -> int:
+def _repeated_keys(con, entity: Entity) -> int:
+    """_dup: the keys that more than one good row of this run has (most keys come once); returns how many."""
+    if not entity.key:
+        return 0
+    key = ", ".join(entity.key)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS SELECT {key} FROM stg_{entity.name} WHERE _reject_reason IS NULL "
+                f"GROUP BY {key} HAVING count(*) > 1")
+    return con.execute("SELECT count(*) FROM _dup").fetchone()[0]
+
+
+def _merge(con, entity: Entity, ingest_id: int, repeats: int) -> int:
     """Merge this run's good rows into staging.<entity>: per key the newest version wins (updated_at, then the
     later drop). Costs grow with this run's rows, not with what is loaded: the loaded rows are read once, by
-    a join on this run's keys (_old), and replaced by their row ids."""
+    a join on this run's keys (_old), and replaced by their row ids. `repeats`: how many keys _dup holds."""
     name = entity.name
     target = f"staging.{name}"
     good = con.execute(f"SELECT count(*) FROM stg_{name} WHERE _reject_reason IS NULL").fetchone()[0]
@@ -693,20 +711,18 @@ def _merge(con, entity: Entity, ingest_id: int) -> int:
         return good
     key = ", ".join(entity.key)
     newest = "updated_at DESC, " if entity.versioned else ""
-    # this run's winner per key: most keys come once (no window over them); the repeated ones are ranked
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS SELECT {key} FROM stg_{name} WHERE _reject_reason IS NULL "
-                f"GROUP BY {key} HAVING count(*) > 1")
-    pick = (f"SELECT s.* EXCLUDE (_reject_reason), f._source_file, {ingest_id} AS _ingest_id FROM stg_{name} s "
-            f"JOIN _files f USING (_file_ord) WHERE _reject_reason IS NULL")
-    winners = pick
-    if con.execute("SELECT count(*) FROM _dup").fetchone()[0]:
-        winners = (f"{pick} AND NOT EXISTS (SELECT 1 FROM _dup d WHERE {_on(entity, 'd', 's')}) UNION ALL "
-                   f"SELECT * FROM ({pick} AND EXISTS (SELECT 1 FROM _dup d WHERE {_on(entity, 'd', 's')}) QUALIFY "
-                   f"row_number() OVER (PARTITION BY {key} ORDER BY {newest}_file_ord DESC, _row_number DESC) = 1)")
+    if repeats:
+        # this run's winner per key: the other good rows of a repeated key (_dup) leave this run's rows, so that
+        # one scan of them, without a join, is what is merged
+        con.execute(
+            f"DELETE FROM stg_{name} WHERE rowid IN (SELECT s.rowid FROM stg_{name} s SEMI JOIN _dup d ON "
+            f"{_on(entity, 'd', 's')} WHERE s._reject_reason IS NULL QUALIFY row_number() OVER "
+            f"(PARTITION BY {', '.join('s.' + c for c in entity.key)} ORDER BY {newest}_file_ord DESC, _row_number DESC) > 1)")
+    winners = (f"SELECT s.* EXCLUDE (_reject_reason), f._source_file, {ingest_id} AS _ingest_id FROM stg_{name} s "
+               f"JOIN _files f USING (_file_ord) WHERE _reject_reason IS NULL")
     if con.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {target})").fetchone()[0]:
         # first load: nothing to replace
         con.execute(f"INSERT INTO {target} BY NAME {winners}")
-        con.execute("DROP TABLE _dup")
         return good
     con.execute(f"CREATE OR REPLACE TEMP TABLE _win AS {winners}")
     extra = ", t.customer_id, t.shop_id" if name == "orders" else ""
@@ -724,7 +740,7 @@ def _merge(con, entity: Entity, ingest_id: int) -> int:
     con.execute(f"DELETE FROM {target} WHERE rowid IN (SELECT o._rowid FROM _old o JOIN _win w ON {on}{newer})")
     kept = f"SELECT 1 FROM _old o WHERE {on} AND w.updated_at < o.updated_at" if entity.versioned else "SELECT 1 WHERE false"
     con.execute(f"INSERT INTO {target} BY NAME SELECT w.* FROM _win w WHERE NOT EXISTS ({kept})")
-    con.execute("DROP TABLE _win; DROP TABLE _old; DROP TABLE _dup")
+    con.execute("DROP TABLE _win; DROP TABLE _old")
     return good
 
 

@@ -3,6 +3,10 @@
 -- staging.orders: an order_id belongs to one shop, the one it was first loaded for. A row that gives it
 -- another shop is refused, naming both (an order does not move between shops: two shops' orders with one
 -- order_id, or a wrong shop_id, is for a person to look at; nothing is replaced silently).
+-- Here: the shop it was loaded for by an earlier run (_loaded_shop_id). An order_id that no earlier run
+-- loaded and that this run gives two shops belongs to the shop of its first good row of this run (drop
+-- order, then row): sql/staging/stg_orders_owners.sql, run on these rows by the ingest (it needs only the
+-- order_ids this run repeats, so it does not hold every row a second time, as a join here would).
 with source as (
     select * from land_orders
 ),
@@ -74,25 +78,15 @@ checked as (
     from typed
 ),
 
--- the first good row of this run for each order_id that has no loaded shop yet
-first_rows as (
-    select order_id, arg_min(shop_id, _file_ord::BIGINT * 4294967296 + _row_number) as first_shop_id
-    from checked
-    where reasons = '' and loaded_shop_id is null
-    group by order_id
-    having min(shop_id) <> max(shop_id)
-),
-
 owned as (
     select
         checked.* exclude (reasons),
         concat_ws('; ', nullif(reasons, ''),
-            case when coalesce(loaded_shop_id, first_shop_id) <> shop_id
+            case when loaded_shop_id <> shop_id
                  then 'order_id' || crm_echo('order_id', order_id) || ' belongs to shop '
-                      || coalesce(loaded_shop_id, first_shop_id) || ', this row says ' || shop_id end
+                      || loaded_shop_id || ', this row says ' || shop_id end
         ) as reasons
     from checked
-    left join first_rows using (order_id)
 ),
 
 final as (
@@ -101,7 +95,9 @@ final as (
         created_at, paid_at, shipped_at, delivered_at, closed_at, refunded_at,
         total_amount, currency, receiver_city, updated_at,
         _source_file, _file_ord, _row_number,
-        nullif(reasons, '') as _reject_reason
+        nullif(reasons, '') as _reject_reason,
+        -- the shop an earlier run loaded this order_id for (NULL: none; for stg_orders_owners.sql)
+        loaded_shop_id as _loaded_shop_id
     from owned
 )
 

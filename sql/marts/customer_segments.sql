@@ -1,8 +1,9 @@
 -- customer_segments: every customer of every shop — also one without orders — with the orders paid and
 -- not refunded at T (docs/rules.md §2, §6): paid_orders, lifetime_value, last_paid_at; segment new (0),
 -- second (1), repeat (2 or more). A customer who bought in a shop other than their record's gets a row
--- for that shop too. Computed for the (shop, customer) pairs in segment_scope: all of them on a full
--- rebuild, the ones whose orders changed since the last T otherwise (transforms.plan.refresh_segments).
+-- for that shop too. Computed for the (shop, customer) pairs in segment_scope: the ones whose orders changed
+-- since the last T (transforms.plan.refresh_segments). A full rebuild (the first T) computes every customer:
+-- it leaves out the lines marked `-- scoped` (a join with every pair would only cost time).
 with scope as (
     select shop_id, customer_id from segment_scope
 ),
@@ -14,14 +15,15 @@ paid as (
         sum(orders.total_amount) as lifetime_value,
         max(orders.paid_at)      as last_paid_at
     from staging.orders as orders
-    semi join scope using (shop_id, customer_id)
+    semi join scope using (shop_id, customer_id)                 -- scoped
     where orders.paid_at <= $as_of::TIMESTAMPTZ
       and (orders.refunded_at is null or orders.refunded_at > $as_of::TIMESTAMPTZ)
     group by orders.shop_id, orders.customer_id
 ),
 
 people as (
-    select shop_id, customer_id from staging.customers semi join scope using (shop_id, customer_id)
+    select shop_id, customer_id from staging.customers
+    semi join scope using (shop_id, customer_id)                 -- scoped
     union
     select shop_id, customer_id from paid
 ),

@@ -58,12 +58,11 @@ class Gateway:
     the requests per Idempotency-Key (`requests`), as a real gateway that deduplicates on it would see them."""
 
     def __init__(self):
-        import socket
-
-        import uvicorn
         from starlette.applications import Starlette
         from starlette.responses import JSONResponse
         from starlette.routing import Route
+
+        from crm.loopback import Loopback
 
         self.requests: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -82,20 +81,11 @@ class Gateway:
                 self.requests[key] += 1
             return JSONResponse({"id": key, "status": "accepted"})
 
-        sock = socket.socket()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/send"
-        self._server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/send", send, methods=["POST"])]),
-                                                     log_level="warning", access_log=False, lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.01)
+        self._server = Loopback(Starlette(routes=[Route("/send", send, methods=["POST"])]))
+        self.url = f"http://127.0.0.1:{self._server.port}/send"
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
+        self._server.stop()
 
 
 class SmtpSink:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from conftest import BIN, crm
+from crm.groupdemo import call  # noqa: F401 (the Prefect API retried on 503 and timeouts; the tests use it from here)
 from dispatching import shop_config
 from planning import local
 
@@ -66,24 +67,6 @@ def deployed(env: dict):
         with httpx.Client(base_url=env["PREFECT_API_URL"], timeout=60) as client:
             for deployment in deployments(client).values():
                 call(client, "DELETE", f"/deployments/{deployment['id']}")
-
-
-def call(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Response:
-    """A request to the API, tried again while the server answers 503 or not in time (its SQLite file busy under
-    load: the scheduler filling the deployments' upcoming runs), as Prefect's own client does; any other error
-    raises. Only for requests that may be sent twice (reads, deletes, a state set by force)."""
-    for attempt in range(5):
-        try:
-            answer = client.request(method, url, **kwargs)
-        except httpx.TimeoutException:
-            if attempt == 4:
-                raise
-            time.sleep(1 + attempt)
-            continue
-        if answer.status_code != 503:
-            break
-        time.sleep(1 + attempt)
-    return answer.raise_for_status()
 
 
 @contextmanager

@@ -684,8 +684,11 @@ def _repeated_keys(con, entity: Entity) -> int:
     if not entity.key:
         return 0
     key = ", ".join(entity.key)
+    # grouped by the key's 64-bit hash first (an integer: much cheaper than the text key), then exactly, on the
+    # rows whose hash repeats only: a hash shared by two different keys is found out there
     con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS SELECT {key} FROM stg_{entity.name} WHERE _reject_reason IS NULL "
-                f"GROUP BY {key} HAVING count(*) > 1")
+                f"AND hash({key}) IN (SELECT hash({key}) FROM stg_{entity.name} WHERE _reject_reason IS NULL "
+                f"GROUP BY 1 HAVING count(*) > 1) GROUP BY {key} HAVING count(*) > 1")
     return con.execute("SELECT count(*) FROM _dup").fetchone()[0]
 
 

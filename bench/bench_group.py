@@ -165,6 +165,16 @@ class Bench:
                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(config.parent / f"w{i + 1}.log", "w"))
                 for i in range(n)]
 
+    @staticmethod
+    def stop_workers(procs: list[subprocess.Popen], stop: Path) -> None:
+        """Ask the workers to stop (the `stop` file), waiting up to 120 s for each before killing it."""
+        stop.touch()
+        for p in procs:
+            try:
+                p.wait(120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
     def _p(self, config: Path) -> int:
         from crm.config import load_settings
 
@@ -222,12 +232,7 @@ def one(bench: Bench, partitions: int, workers: int) -> dict:
         bench.tasks(tag, "dispatch", range(partitions))
         dispatch_s = bench.wait(tag, procs)
     finally:
-        stop.touch()
-        for p in procs:
-            try:
-                p.wait(120)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        bench.stop_workers(procs, stop)
     done = bench.done_tasks(tag)
     sent = sum(t.get("sent", 0) for t in done if t["step"] == "dispatch")
     r = {"partitions": partitions, "workers": workers, "orders": bench.orders,
@@ -291,12 +296,7 @@ def kill(bench: Bench, partitions: int, delay: float) -> dict:
             recovered = time.perf_counter() - killed_at
     finally:
         bench.gateway.delay = 0.0
-        stop.touch()
-        for p in procs:
-            try:
-                p.wait(120)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        bench.stop_workers(procs, stop)
     c = bench.checks(config, before)
     return {"partitions": partitions, "workers": 2, "gateway_delay_s": delay, "claims_held_by_killed": held,
             "seconds_kill_to_all_final": round(recovered, 1), "dispatch_reruns": reruns,

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from conftest import BIN, crm
-from crm.groupdemo import call  # noqa: F401 (the Prefect API retried on 503 and timeouts; the tests use it from here)
+from crm.groupdemo import call  # the Prefect API retried on 503 and timeouts; the tests use it from here
 from dispatching import shop_config
 from planning import local
 
@@ -86,10 +86,11 @@ def deployments(client: httpx.Client) -> dict[str, dict]:
 
 
 def wait_until_final(client: httpx.Client, run_id: str, timeout: float = 240) -> str:
-    """The flow run's state type once it is final (or the last one seen when `timeout` runs out)."""
+    """The flow run's state type once it is final (or the last one seen when `timeout` runs out). Each read is
+    `call`ed: a server busy under the workers' load may answer one read late, and that is not the run's state."""
     deadline = time.monotonic() + timeout
     while True:
-        state = client.get(f"/flow_runs/{run_id}").json()["state"]["type"]
+        state = call(client, "GET", f"/flow_runs/{run_id}").json()["state"]["type"]
         if state in FINAL or time.monotonic() > deadline:
             return state
         time.sleep(0.5)

@@ -63,9 +63,9 @@ def test_the_group_flows_fan_out_over_the_partitions_on_workers(postgres, tmp_pa
 
 def _logs(client: httpx.Client) -> list[str]:
     """The server's last log lines of failed runs (what a failing assertion shows)."""
-    runs = client.post("/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["FAILED", "CRASHED"]}}},
-                                                  "limit": 10}).json()
-    logs = client.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [r["id"] for r in runs]}},
-                                             "limit": 60, "sort": "TIMESTAMP_DESC"}).json()
+    runs = call(client, "POST", "/flow_runs/filter",
+                json={"flow_runs": {"state": {"type": {"any_": ["FAILED", "CRASHED"]}}}, "limit": 10}).json()
+    logs = call(client, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [r["id"] for r in runs]}},
+                                                      "limit": 60, "sort": "TIMESTAMP_DESC"}).json()
     out = [f"{r['name']}: " for r in runs] + [line["message"][-600:] for line in logs]
     return out

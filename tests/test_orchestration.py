@@ -7,11 +7,12 @@ import os
 import subprocess
 
 import time
+import uuid
 
 import duckdb
 
 from conftest import BIN, crm
-from deploying import api_url, deploy_env, deployed, deployments, shop_with_orders, wait_until_final, worker
+from deploying import api_url, call, deploy_env, deployed, deployments, shop_with_orders, wait_until_final, worker
 from dispatching import T
 from gateway import Gateway
 from planning import local
@@ -77,8 +78,8 @@ def test_deploy_from_prefect_yaml_and_run_through_the_api(local_server, tmp_path
     with deployed(env), worker(env, tmp_path), httpx.Client(base_url=api, timeout=30) as client:
         found = deployments(client)
         assert {"ingest", "dispatch", "plan-daily", "backfill"} <= set(found)
-        run = client.post(f"/deployments/{found['plan-daily']['id']}/create_flow_run",
-                          json={"parameters": {"as_of": T.isoformat()}}).json()
+        run = call(client, "POST", f"/deployments/{found['plan-daily']['id']}/create_flow_run",
+                   json={"parameters": {"as_of": T.isoformat()}, "idempotency_key": f"plan-daily-{uuid.uuid4()}"}).json()
         assert wait_until_final(client, run["id"]) == "COMPLETED"
     con = duckdb.connect(str(db), read_only=True)
     decisions = con.execute("SELECT decision, count(*) FROM marts.reminder_decisions WHERE as_of = ? GROUP BY 1",

@@ -24,8 +24,8 @@ SCHEDULED = {name for name, d in DEPLOYMENTS.items() if d.get("schedules")}
 
 
 def _scheduled_runs(client: httpx.Client) -> list[dict]:
-    return client.post("/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-                                                  "limit": 200}).json()
+    return call(client, "POST", "/flow_runs/filter",
+                json={"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 200}).json()
 
 
 def _on_schedule(when: datetime, cron: str, zone: str) -> bool:
@@ -103,7 +103,7 @@ def test_the_scheduler_creates_runs_and_a_worker_finishes_a_scheduled_one(tmp_pa
             finished_at = datetime.now(timezone.utc)
             print(f"the worker finished it {(finished_at - moved_at).total_seconds():.1f} s after it was moved to now")
             assert final == "COMPLETED", f"the scheduled run ended {final}"
-            others = {r["state"]["type"] for r in client.post("/flow_runs/filter", json={}).json()
+            others = {r["state"]["type"] for r in call(client, "POST", "/flow_runs/filter", json={}).json()
                       if r["id"] != chosen["id"] and r["state"]["type"] not in ("SCHEDULED",)}
             assert not others, "the worker ran only the scheduled run it was given"
 

@@ -217,6 +217,20 @@ def test_each_reported_check_is_stored_but_does_not_fail_the_run(good, case):
     assert failed["critical"] is False and " is not in " in failed["label"]
 
 
+def test_orphans_are_found_alike_whether_the_parent_is_read_whole_or_by_the_runs_keys(good):
+    """A run at least half its parent's size reads the whole parent for `_known_*`; a smaller one (a drop) only
+    the parent's keys it names. Both count the same orphans."""
+    from transforms.validate import KNOWN, _parent_keys
+
+    assert "semi join" not in _parent_keys(good, KNOWN["orders"], 40)            # 20 customers: the whole parent
+    stage(good, "orders", [{"order_id": "d1", "customer_id": "c1"}, {"order_id": "d2", "customer_id": "ghost"},
+                           {"order_id": "d3", "customer_id": "ghost2"}], ingest_id=RUN + 1)
+    assert "semi join" in _parent_keys(good, KNOWN["orders"], 3)                 # a drop: by its own keys
+    whole = failures(validate_ingest(good, RUN))
+    drop = failures(validate_ingest(good, RUN + 1))
+    assert whole == {} and drop == {("orders", IN_SET, "_known_customer"): (2, 3)}
+
+
 def test_an_empty_run_checks_nothing(good):
     assert validate_ingest(good, RUN + 1) == []
 

@@ -11,8 +11,10 @@ The rows to check are first written once to a temporary table, with SQL-computed
 ``_copies`` (how many rows of the whole staging table share the key: must be 1) and ``_known_*`` (does
 the referenced order / customer exist), so every check reads one plain table (GX runs ~10 queries per
 suite; against the suite's query itself each of them would compute the helper columns again). The
-helper columns cost what the run's rows cost: rows of other runs, and the parents, are only looked up by the
-run's keys (a hash table of the run's rows), and an entity the run did not load is not looked at.
+helper columns cost what the run's rows cost: rows of other runs are only looked up by the run's keys (a
+hash table of the run's rows); the run's repeated keys are grouped by their 64-bit hash first; a parent is
+read whole only for a run at least half its size (a first load), else by the run's keys; and an entity the
+run did not load is not looked at.
 
 *Critical* expectations (keys, ranges) fail the run: the caller rolls the load back. Orphans (an
 item whose order, or an order whose customer, is not in staging) are *reported*: stored in
@@ -50,19 +52,15 @@ class Check:
 
 def _rows(table: str, key: tuple[str, ...], columns: str, known: tuple[str, str, str] | None = None) -> str:
     """The rows of run `$ingest_id` in staging.`table` (`columns`), with `_copies` and, for `known` = (name,
-    parent, column), `_known_<name>`: does the row's `column` exist in staging.`parent`."""
+    parent, column), `_known_<name>`: does the row's `column` exist in staging.`parent`. The parent's keys are
+    the `{parent_keys}` placeholder, which `_parent_keys` fills in by the run's size."""
     using = ", ".join(key)
-    known_cte = known_col = known_join = ""
+    hashed = f"hash({using})"
+    known_col = ""
     if known:
         name, parent, column = known
-        # the parent's keys that this run's rows name: read by a join on this run's values (a hash table of
-        # the run's rows, not of the whole parent table)
-        known_cte = f"""
-known as (
-    select distinct {column}, true as _found from staging.{parent} semi join mine using ({column})
-),"""
-        known_col = f",\n        coalesce(known._found, false) as _known_{name}"
-        known_join = f"\n    left join known using ({column})"
+        known_col = (f",\n        coalesce(mine.{column} in ({{parent_keys}}), false) as _known_{name}"
+                     f"   -- a NULL {column} is not known")
     return f"""
 with mine as (          -- the rows this run loaded
     select {columns} from staging.{table} where _ingest_id = $ingest_id
@@ -73,9 +71,14 @@ older as (             -- rows that other runs staged with a key of this run (no
     where _ingest_id is distinct from $ingest_id
     group by all
 ),
-repeated as (          -- keys this run staged more than once (none, unless a merge went wrong)
-    select {using}, count(*) as n from mine group by all having count(*) > 1
-),{known_cte}
+repeated_hash as (     -- the 64-bit hashes of the keys that repeat in this run (cheaper to group than the keys)
+    select {hashed} as _h from mine group by _h having count(*) > 1
+),
+repeated as (          -- keys this run staged more than once (none, unless a merge went wrong), told apart exactly
+    select {using}, count(*) as n
+    from mine where {hashed} in (select _h from repeated_hash)
+    group by all having count(*) > 1
+),
 final as (
     select
         mine.*,
@@ -85,11 +88,29 @@ final as (
         end as _copies{known_col}
     from mine
     left join older using ({using})
-    left join repeated using ({using}){known_join}
+    left join repeated using ({using})
 )
 select * from final
 """
 
+
+def _parent_keys(con: duckdb.DuckDBPyConnection, known: tuple[str, str, str], run_rows: int) -> str:
+    """The parent's keys for `_known_*`, as the smaller hash table: a run at least half the parent's size (a first
+    load) looks its rows up in the whole parent; a smaller run (a drop) reads only the parent's keys it names,
+    by a hash table of its own rows. The same answer either way."""
+    _, parent, column = known
+    parent_rows = con.execute(f"SELECT count(*) FROM staging.{parent}").fetchone()[0]
+    if parent_rows <= 2 * run_rows:
+        return f"select {column} from staging.{parent}"
+    return f"select {column} from staging.{parent} semi join mine using ({column})"
+
+
+# the parent a suite's `_known_<name>` looks in: entity -> (name, parent table, column)
+KNOWN = {
+    "orders": ("customer", "customers", "customer_id"),
+    "order_items": ("order", "orders", "order_id"),
+    "reviews": ("order", "orders", "order_id"),
+}
 
 SUITES: dict[str, tuple[str, list[Check]]] = {
     "customers": (
@@ -113,7 +134,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
     ),
     "orders": (
         _rows("orders", ("order_id",), "order_id, customer_id, total_amount, created_at, paid_at",
-              ("customer", "customers", "customer_id")),
+              KNOWN["orders"]),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "order_id"}),
             Check("ExpectColumnValuesToBeUnique", {"column": "order_id"}),
@@ -128,7 +149,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
     ),
     "order_items": (
         _rows("order_items", ("order_id", "line_no"), "order_id, line_no, quantity, unit_price",
-              ("order", "orders", "order_id")),
+              KNOWN["order_items"]),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "order_id"}),
             Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["order_id", "line_no"]}),
@@ -141,7 +162,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
     ),
     "reviews": (
         _rows("reviews", ("order_id", "created_at"), "order_id, created_at, rating",
-              ("order", "orders", "order_id")),
+              KNOWN["reviews"]),
         [
             Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["order_id", "created_at"]}),
             Check("ExpectColumnValuesToBeBetween", {"column": "_copies", "min_value": 1, "max_value": 1}),
@@ -250,9 +271,12 @@ def validate_ingest(con: duckdb.DuckDBPyConnection, ingest_id: int) -> list[dict
     source = _source(context, con)
     results: list[dict] = []
     for entity, (query, checks) in SUITES.items():
-        if not con.execute(f"SELECT count(*) FROM staging.{entity} WHERE _ingest_id = ?", [int(ingest_id)]).fetchone()[0]:
+        run_rows = con.execute(f"SELECT count(*) FROM staging.{entity} WHERE _ingest_id = ?", [int(ingest_id)]).fetchone()[0]
+        if not run_rows:
             continue                  # the run loaded none of these: nothing to check (and no helper columns to make)
         table = f"_gx_rows_{entity}"
+        if entity in KNOWN:
+            query = query.replace("{parent_keys}", _parent_keys(con, KNOWN[entity], run_rows))
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {query}", {"ingest_id": int(ingest_id)})
         try:
             results += _run_suite(gx, source, f"staging.{entity}", table, checks)

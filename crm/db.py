@@ -50,6 +50,16 @@ def sql_text(relative: str) -> str:
     return _INCLUDE.sub(lambda m: sql_text(m.group(1)), text)
 
 
+def repeated_keys_sql(rows: str, key: tuple[str, ...] | list[str]) -> str:
+    """SQL of the keys that repeat among `rows` (a table, a CTE or a parenthesised query), with how often (`n`).
+    Grouped by the key's 64-bit hash first (an integer: much cheaper than a text key, and most keys come once),
+    then exactly among the rows whose hash repeats, so two keys that share a hash are told apart."""
+    using = ", ".join(key)
+    return (f"SELECT {using}, count(*) AS n FROM {rows} AS r WHERE hash({using}) IN "
+            f"(SELECT hash({using}) FROM {rows} AS r GROUP BY 1 HAVING count(*) > 1) "
+            f"GROUP BY {using} HAVING count(*) > 1")
+
+
 class DatabaseLocked(Exception):
     pass
 

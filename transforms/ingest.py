@@ -39,7 +39,7 @@ from typing import Callable
 
 import duckdb
 
-from crm.db import sql_text, transaction
+from crm.db import repeated_keys_sql, sql_text, transaction
 from crm.storage import layout
 
 # --------------------------------------------------------------------------------------------------
@@ -683,12 +683,8 @@ def _repeated_keys(con, entity: Entity) -> int:
     """_dup: the keys that more than one good row of this run has (most keys come once); returns how many."""
     if not entity.key:
         return 0
-    key = ", ".join(entity.key)
-    # grouped by the key's 64-bit hash first (an integer: much cheaper than the text key), then exactly, on the
-    # rows whose hash repeats only: a hash shared by two different keys is found out there
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS SELECT {key} FROM stg_{entity.name} WHERE _reject_reason IS NULL "
-                f"AND hash({key}) IN (SELECT hash({key}) FROM stg_{entity.name} WHERE _reject_reason IS NULL "
-                f"GROUP BY 1 HAVING count(*) > 1) GROUP BY {key} HAVING count(*) > 1")
+    good = f"(SELECT {', '.join(entity.key)} FROM stg_{entity.name} WHERE _reject_reason IS NULL)"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS {repeated_keys_sql(good, entity.key)}")
     return con.execute("SELECT count(*) FROM _dup").fetchone()[0]
 
 

@@ -12,9 +12,9 @@ The rows to check are first written once to a temporary table, with SQL-computed
 the referenced order / customer exist), so every check reads one plain table (GX runs ~10 queries per
 suite; against the suite's query itself each of them would compute the helper columns again). The
 helper columns cost what the run's rows cost: rows of other runs are only looked up by the run's keys (a
-hash table of the run's rows); the run's repeated keys are grouped by their 64-bit hash first; a parent is
-read whole only for a run at least half its size (a first load), else by the run's keys; and an entity the
-run did not load is not looked at.
+hash table of the run's rows); the run's repeated keys are grouped by their 64-bit hash first
+(crm.db.repeated_keys_sql, as the merge's are); a parent is read whole only for a run at least half its size
+(a first load), else by the run's keys; and an entity the run did not load is not looked at.
 
 *Critical* expectations (keys, ranges) fail the run: the caller rolls the load back. Orphans (an
 item whose order, or an order whose customer, is not in staging) are *reported*: stored in
@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import duckdb
+
+from crm.db import repeated_keys_sql
 
 
 class ValidationFailed(Exception):
@@ -55,7 +57,6 @@ def _rows(table: str, key: tuple[str, ...], columns: str, known: tuple[str, str,
     parent, column), `_known_<name>`: does the row's `column` exist in staging.`parent`. The parent's keys are
     the `{parent_keys}` placeholder, which `_parent_keys` fills in by the run's size."""
     using = ", ".join(key)
-    hashed = f"hash({using})"
     known_col = ""
     if known:
         name, parent, column = known
@@ -71,13 +72,8 @@ older as (             -- rows that other runs staged with a key of this run (no
     where _ingest_id is distinct from $ingest_id
     group by all
 ),
-repeated_hash as (     -- the 64-bit hashes of the keys that repeat in this run (cheaper to group than the keys)
-    select {hashed} as _h from mine group by _h having count(*) > 1
-),
-repeated as (          -- keys this run staged more than once (none, unless a merge went wrong), told apart exactly
-    select {using}, count(*) as n
-    from mine where {hashed} in (select _h from repeated_hash)
-    group by all having count(*) > 1
+repeated as (          -- keys this run staged more than once (none, unless a merge went wrong): by hash, then exactly
+    {repeated_keys_sql("mine", key)}
 ),
 final as (
     select

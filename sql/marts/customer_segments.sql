@@ -3,19 +3,16 @@
 -- second (1), repeat (2 or more). A customer who bought in a shop other than their record's gets a row
 -- for that shop too. Computed for the (shop, customer) pairs in segment_scope: the ones whose orders changed
 -- since the last T (transforms.plan.refresh_segments). A full rebuild (the first T) computes every customer:
--- it leaves out the lines marked `-- scoped` (a join with every pair would only cost time).
-with scope as (
-    select shop_id, customer_id from segment_scope
-),
-
-paid as (
+-- it leaves out the lines marked `-- scoped` (a join with every pair would only cost time), and
+-- segment_scope need not exist then.
+with paid as (
     select
         orders.shop_id, orders.customer_id,
         count(*)                 as paid_orders,
         sum(orders.total_amount) as lifetime_value,
         max(orders.paid_at)      as last_paid_at
     from staging.orders as orders
-    semi join scope using (shop_id, customer_id)                 -- scoped
+    semi join segment_scope using (shop_id, customer_id)         -- scoped
     where orders.paid_at <= $as_of::TIMESTAMPTZ
       and (orders.refunded_at is null or orders.refunded_at > $as_of::TIMESTAMPTZ)
     group by orders.shop_id, orders.customer_id
@@ -23,7 +20,7 @@ paid as (
 
 records as (
     select shop_id, customer_id, member_level from staging.customers
-    semi join scope using (shop_id, customer_id)                 -- scoped
+    semi join segment_scope using (shop_id, customer_id)         -- scoped
 ),
 
 people as (

@@ -267,7 +267,7 @@ def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path) -> Path:
     target = analytics_path(db)
     con.execute("CHECKPOINT")
     tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(db, tmp)
+    _copy_allocated(Path(db), tmp)
     # the previous copy is freed by a process of its own: on ext4, freeing a 1 GB file's blocks takes ~0.5 s,
     # which the rename would otherwise spend in this command (an analyst reading it keeps it open regardless)
     try:
@@ -284,6 +284,33 @@ def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path) -> Path:
             for p in stale:
                 Path(p).unlink(missing_ok=True)
     return target
+
+
+def _copy_allocated(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst` with dst's blocks allocated before the bytes are written (fallocate). On ext4 (and
+    other file systems that allocate lazily), renaming a file over another makes the kernel allocate the blocks
+    of the renamed file's unwritten data at the rename (auto_da_alloc): ~0.4 s for a 1 GB copy, spent in this
+    command. Preallocated, the rename is instant; the bytes and the time to copy them are the same."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        try:
+            os.posix_fallocate(fout.fileno(), 0, size)
+        except OSError:
+            pass                              # no preallocation here: the copy is the same, the rename may wait
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done, done, done)
+                if n == 0:
+                    break
+                done += n
+        except OSError:                       # no copy_file_range across these file systems: through Python
+            fin.seek(done)
+            fout.seek(done)
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            done = size
+        if done < size:                       # the source shrank: impossible while we hold it; refuse a short copy
+            raise OSError(f"copying {src.name} for the analysts stopped at {done} of {size} bytes")
 
 
 @contextmanager
@@ -452,7 +479,10 @@ def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) ->
       crm_shop_utc(shop, local)      local wall-clock timestamp -> instant (fold=0, see crm_utc)
       crm_shop_ts(text, shop)        ISO text -> instant (naive text is the shop's local time)
     and the same by zone name, for SQL that has the zone at hand (staging joins ops.shops):
-      crm_zone_utc(zone, local), crm_zone_ts(text, zone)
+      crm_zone_utc(zone, local), crm_zone_ts(text, zone),
+      crm_landed_ts(aware, naive, text, zone)   a landed timestamp (transforms/ingest.py: a Parquet TIMESTAMPTZ, a
+                                                naive Parquet TIMESTAMP or text) -> instant; the naive one is placed
+                                                as its text would be, without printing and parsing it
     One CASE branch per zone (the shops of a zone in one IN list: a group of a few hundred shops has a few
     zones). A zone whose offset is fixed (Asia/Shanghai since 1991, Asia/Tokyo, …: _fixed_zones) is plain
     arithmetic after its last change, ~30x faster than DuckDB's ICU conversion, and exactly the same."""
@@ -495,3 +525,5 @@ def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) ->
     con.execute(f"CREATE OR REPLACE TEMP MACRO crm_zone_utc(zone, l) AS {by_zone_name(lambda tz: to_utc(tz, 'l'))}")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_zone_ts(t, zone) AS CASE WHEN crm_has_offset(t) THEN crm_ts_aware(t) "
                 "WHEN crm_is_wall_clock(t) THEN crm_zone_utc(zone, try_cast(t AS TIMESTAMP)) END")
+    con.execute("CREATE OR REPLACE TEMP MACRO crm_landed_ts(aware, naive, t, zone) AS "
+                "coalesce(aware, crm_zone_utc(zone, naive), crm_zone_ts(t, zone))")

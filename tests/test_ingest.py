@@ -265,6 +265,38 @@ def test_parquet_typed_timestamps(con, landing):
     assert con.execute("SELECT total_amount::VARCHAR, currency FROM staging.orders WHERE order_id = 'aware'").fetchone() == ("1.50", "CNY")
 
 
+def test_naive_parquet_timestamps_are_placed_as_their_text_would_be(con, landing):
+    """A naive Parquet TIMESTAMP is the shop's local time, as naive text is, and is placed the same way without
+    being printed and parsed: the same instants across a DST change (a time that does not exist, one that
+    happens twice), in a fixed zone, and in quarantine the same reason for an infinite one."""
+    times = {"gap": "2026-03-08 02:30:00", "twice": "2026-11-01 01:30:00", "summer": "2026-07-01 12:00:00.25",
+             "winter": "2026-01-15 23:59:59", "inf": "infinity"}
+    shops = {"ny": ("s2", "c2"), "sh": ("s1", "c1")}
+    rows = [order(f"csv-{s}-{k}", shop_id=shop, customer_id=cust, created_at=v, updated_at="2026-07-01 12:00:00")
+            for s, (shop, cust) in shops.items() for k, v in times.items()]
+    landing.csv("orders", "text.csv", rows)
+    (landing.root / "orders").mkdir(exist_ok=True)
+    values = ", ".join(f"('pq-{s}-{k}', '{shop}', '{cust}', '{v}'::TIMESTAMP)"
+                       for s, (shop, cust) in shops.items() for k, v in times.items())
+    duckdb.sql(f"COPY (SELECT id AS order_id, shop AS shop_id, cust AS customer_id, 'jd' AS platform, ts AS created_at, "
+               f"99.5 AS total_amount, TIMESTAMP '2026-07-01 12:00:00' AS updated_at FROM (VALUES {values}) v(id, shop, cust, ts)) "
+               f"TO '{landing.root / 'orders' / 'naive.parquet'}' (FORMAT parquet)")
+    assert duckdb.sql(f"DESCRIBE SELECT created_at FROM '{landing.root / 'orders' / 'naive.parquet'}'").fetchone()[1] == "TIMESTAMP"
+    load(con, landing.root)
+    got = dict(con.execute("SELECT order_id, created_at FROM staging.orders").fetchall())
+    assert len(got) == 16
+    for s in shops:
+        for k in times:
+            if k != "inf":
+                assert got[f"pq-{s}-{k}"] == got[f"csv-{s}-{k}"], (s, k)
+    # New York: a time the spring change skips takes the offset from before it; one the autumn change repeats is the first
+    assert got["pq-ny-gap"] == utc("2026-03-08T07:30:00+00:00") and got["pq-ny-twice"] == utc("2026-11-01T05:30:00+00:00")
+    assert got["pq-sh-summer"] == utc("2026-07-01T04:00:00.250000+00:00")
+    by_file = {(r[1], json.loads(r[3])["order_id"]): r[4] for r in quarantined(con)}
+    assert set(by_file) == {(f, f"{p}-{s}-inf") for f, p in (("text.csv", "csv"), ("naive.parquet", "pq")) for s in shops}
+    assert set(by_file.values()) == {'unparsable created_at "infinity"'}, by_file
+
+
 # ------------------------------------------------------------------------------------- validation
 
 def test_orphans_are_reported_not_fatal(con, landing):

@@ -81,7 +81,9 @@ FORMATS = {
 # Parquet columns that already have the entity column's type are passed on typed, beside the text (which is
 # then NULL): parsing text is most of staging's cost, and a Parquet TIMESTAMPTZ, a DECIMAL to the cent or an
 # INTEGER needs no parsing (every other type is read as text, as CSV is). The staging models take
-# `<column>__typed` when it is set. A naive Parquet TIMESTAMP stays text: it is the shop's local time.
+# `<column>__typed` when it is set. A naive Parquet TIMESTAMP is the shop's local time: it passes as
+# `<column>__naive` (finite values; an infinite one stays text, and is refused as text is), which the
+# staging models place in the shop's zone exactly as they would its text (crm_landed_ts, crm/db.py).
 TYPED_KIND = {
     "created_at": "ts", "paid_at": "ts", "shipped_at": "ts", "delivered_at": "ts", "closed_at": "ts",
     "refunded_at": "ts", "updated_at": "ts", "registered_at": "ts",
@@ -90,12 +92,29 @@ TYPED_KIND = {
     "opt_out": "bool",
 }
 _TYPED_SQL = {"ts": "TIMESTAMPTZ", "money": "DECIMAL(18, 2)", "int": "INTEGER", "bool": "BOOLEAN"}
+# naive timestamp types whose values are exact in TIMESTAMP's microseconds (TIMESTAMP_NS is not: it stays text)
+_NAIVE_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS"})
 _INT_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "UTINYINT", "USMALLINT"})
 
 
 def typed_columns(entity: "Entity") -> list[str]:
     """The entity's columns that can come typed from Parquet, in column order."""
     return [c for c in entity.columns if c in TYPED_KIND]
+
+
+def naive_columns(entity: "Entity") -> list[str]:
+    """The entity's timestamp columns, which can also come as naive Parquet timestamps, in column order."""
+    return [c for c in entity.columns if TYPED_KIND.get(c) == "ts"]
+
+
+def _land_tail(entity: "Entity", typed: Callable[[str], str | None] = lambda c: None,
+               naive: Callable[[str], str | None] = lambda c: None) -> str:
+    """The land relation's typed columns, after the text and lineage: `<column>__typed` for every column that
+    can come typed, then `<column>__naive` for every timestamp column; `typed(c)` / `naive(c)` give a file's
+    SQL for one (None: NULL). Every file's part of land_<entity> lists them in this order."""
+    parts = [f'{typed(c) or "NULL"}::{_TYPED_SQL[TYPED_KIND[c]]} AS "{c}__typed"' for c in typed_columns(entity)]
+    parts += [f'{naive(c) or "NULL"}::TIMESTAMP AS "{c}__naive"' for c in naive_columns(entity)]
+    return ", ".join(parts)
 
 
 def _takes_typed(kind: str, parquet_type: str) -> bool:
@@ -297,15 +316,18 @@ def _match_columns(entity: Entity, names: list[str]) -> tuple[dict[str, int], li
 
 def _projection(entity: Entity, known: dict[str, int], extras: list[tuple[str, int]],
                 ref: Callable[[int], str], key: Callable[[int], str], list_columns: frozenset[int] = frozenset(),
-                typed: dict[int, str] | None = None) -> str:
+                typed: dict[int, str] | None = None, naive: dict[int, str] | None = None) -> str:
     """The SELECT list turning a file's columns (`ref(position)`) into the land table's; `key(k)` is the SQL of
     the k-th extra column's name (a bound value, never the name itself). Columns in `typed` (positions) go
-    typed, in `<column>__typed` (see land_view): their text is NULL."""
+    typed, in `<column>__typed` (see land_view): their text is NULL. Columns in `naive` (positions of naive
+    timestamps) go in `<column>__naive` when finite: their text is NULL then (an infinite one stays text)."""
     parts = []
     for col in entity.columns:
         i = known.get(col)
         if i is None or i in (typed or {}):
             parts.append(f'NULL::VARCHAR AS "{col}"')
+        elif i in (naive or {}):
+            parts.append(f'CASE WHEN NOT isfinite({ref(i)}) THEN CAST({ref(i)} AS VARCHAR) END AS "{col}"')
         elif i in list_columns:
             parts.append(f"array_to_string(CAST({ref(i)} AS VARCHAR[]), ';') AS \"{col}\"")
         else:
@@ -368,10 +390,14 @@ def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict
     con.execute(f"SELECT min(hash(s)) FROM read_parquet(getvariable('{var}')) s").fetchall()
     typed = {known[c]: c for c in typed_columns(entity)
              if c in known and _takes_typed(TYPED_KIND[c], str(described[known[c]][1]))}
+    naive = {known[c]: c for c in naive_columns(entity)
+             if c in known and str(described[known[c]][1]) in _NAIVE_TYPES}
     columns = _projection(entity, known, extras, ref=lambda i: f"#{i + 1}",
-                          key=lambda k: f"getvariable('{var}_keys')[{k + 1}]", list_columns=lists, typed=typed)
-    tail = ", ".join(f'CAST(#{known[c] + 1} AS {_TYPED_SQL[TYPED_KIND[c]]}) AS "{c}__typed"' if known.get(c) in typed
-                     else f'NULL::{_TYPED_SQL[TYPED_KIND[c]]} AS "{c}__typed"' for c in typed_columns(entity))
+                          key=lambda k: f"getvariable('{var}_keys')[{k + 1}]", list_columns=lists, typed=typed,
+                          naive=naive)
+    tail = _land_tail(entity, typed=lambda c: f"#{known[c] + 1}" if known.get(c) in typed else None,
+                      naive=lambda c: (f"CASE WHEN isfinite(#{known[c] + 1}) THEN #{known[c] + 1} END"
+                                       if known.get(c) in naive else None))
     select = (f"SELECT {columns}, NULL AS _raw, getvariable('{var}_name') AS _source_file, {f.order} AS _file_ord, "
               f"file_row_number + 1 AS _row_number{', ' + tail if tail else ''} "
               f"FROM read_parquet(getvariable('{var}'), file_row_number = true)")
@@ -384,10 +410,10 @@ def _land_parquet(con, entity: Entity, table: str, f: LandingFile, outcome: dict
 def land_view(con, entity: Entity, files: list[LandingFile], name: str | None = None) -> str:
     """land_<entity>: the text rows of CSV/NDJSON files and every readable Parquet file, as one relation: the
     entity's columns as text, lineage, then `<column>__typed` for the columns that can come typed from Parquet
-    (NULL for every other file)."""
+    and `<column>__naive` for its naive timestamps (_land_tail; NULL for every other file)."""
     name = name or f"land_{entity.name}"
-    tail = "".join(f', NULL::{_TYPED_SQL[TYPED_KIND[c]]} AS "{c}__typed"' for c in typed_columns(entity))
-    parts = [f"SELECT *{tail} FROM land_{entity.name}_text"]
+    tail = _land_tail(entity)
+    parts = [f"SELECT *{', ' + tail if tail else ''} FROM land_{entity.name}_text"]
     parts += [f.select for f in files if f.format == "parquet" and getattr(f, "select", None)]
     con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS " + " UNION ALL ".join(parts))
     return name
@@ -660,7 +686,9 @@ def _stage(con, entity: Entity, ingest_id: int, files: list[LandingFile], ops: l
     if bad_files:
         # the rows themselves, read again only from the files that have bad rows
         source = land_view(con, entity, [f for f in files if f.order in bad_files], f"land_{entity.name}_bad")
-        as_json = ", ".join(f"'{c}', coalesce(l.\"{c}\", l.\"{c}__typed\"::VARCHAR)" if c in TYPED_KIND
+        as_json = ", ".join(f"'{c}', coalesce(l.\"{c}\", l.\"{c}__typed\"::VARCHAR, l.\"{c}__naive\"::VARCHAR)"
+                            if TYPED_KIND.get(c) == "ts" else
+                            f"'{c}', coalesce(l.\"{c}\", l.\"{c}__typed\"::VARCHAR)" if c in TYPED_KIND
                             else f"'{c}', l.\"{c}\"" for c in entity.columns)
         con.execute(
             f"""

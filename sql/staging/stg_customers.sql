@@ -15,6 +15,8 @@ cleaned as (
         crm_text(opt_out) as opt_out_txt, crm_text(updated_at) as updated_at_txt,
         -- the same, typed, when a Parquet file had them so (NULL otherwise; the text is then NULL)
         member_level__typed, registered_at__typed, opt_out__typed, updated_at__typed,
+        -- naive Parquet timestamps (the shop's local time; NULL otherwise, and the text is then NULL)
+        registered_at__naive, updated_at__naive,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -27,9 +29,9 @@ typed as (
         shops.phone_region,
         crm_e164(phone_txt, shops.phone_region)           as phone,   -- E.164 (crm/phones.py)
         coalesce(member_level__typed, crm_int(member_level_txt))                      as member_level,
-        coalesce(registered_at__typed, crm_zone_ts(registered_at_txt, shops.timezone)) as registered_at,
+        crm_landed_ts(registered_at__typed, registered_at__naive, registered_at_txt, shops.timezone) as registered_at,
         coalesce(opt_out__typed, crm_bool(opt_out_txt))                               as opt_out_parsed,
-        coalesce(updated_at__typed, crm_zone_ts(updated_at_txt, shops.timezone))       as updated_at
+        crm_landed_ts(updated_at__typed, updated_at__naive, updated_at_txt, shops.timezone) as updated_at
     from cleaned
     left join ops.shops as shops on shops.shop_id = cleaned.shop_id
 ),

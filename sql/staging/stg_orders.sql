@@ -27,6 +27,9 @@ cleaned as (
         -- the same, typed, when a Parquet file had them so (NULL otherwise; the text is then NULL)
         created_at__typed, paid_at__typed, shipped_at__typed, delivered_at__typed, closed_at__typed,
         refunded_at__typed, updated_at__typed, total_amount__typed,
+        -- naive Parquet timestamps (the shop's local time; NULL otherwise, and the text is then NULL)
+        created_at__naive, paid_at__naive, shipped_at__naive, delivered_at__naive, closed_at__naive,
+        refunded_at__naive, updated_at__naive,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -36,14 +39,14 @@ typed as (
     select
         cleaned.*,
         shops.timezone                                    as tz,
-        -- timestamps, naive ones in the shop's zone
-        coalesce(created_at__typed, crm_zone_ts(created_at_txt, shops.timezone))       as created_at,
-        coalesce(paid_at__typed, crm_zone_ts(paid_at_txt, shops.timezone))             as paid_at,
-        coalesce(shipped_at__typed, crm_zone_ts(shipped_at_txt, shops.timezone))       as shipped_at,
-        coalesce(delivered_at__typed, crm_zone_ts(delivered_at_txt, shops.timezone))   as delivered_at,
-        coalesce(closed_at__typed, crm_zone_ts(closed_at_txt, shops.timezone))         as closed_at,
-        coalesce(refunded_at__typed, crm_zone_ts(refunded_at_txt, shops.timezone))     as refunded_at,
-        coalesce(updated_at__typed, crm_zone_ts(updated_at_txt, shops.timezone))       as updated_at,
+        -- timestamps, naive ones (text or Parquet) in the shop's zone
+        crm_landed_ts(created_at__typed, created_at__naive, created_at_txt, shops.timezone) as created_at,
+        crm_landed_ts(paid_at__typed, paid_at__naive, paid_at_txt, shops.timezone) as paid_at,
+        crm_landed_ts(shipped_at__typed, shipped_at__naive, shipped_at_txt, shops.timezone) as shipped_at,
+        crm_landed_ts(delivered_at__typed, delivered_at__naive, delivered_at_txt, shops.timezone) as delivered_at,
+        crm_landed_ts(closed_at__typed, closed_at__naive, closed_at_txt, shops.timezone) as closed_at,
+        crm_landed_ts(refunded_at__typed, refunded_at__naive, refunded_at_txt, shops.timezone) as refunded_at,
+        crm_landed_ts(updated_at__typed, updated_at__naive, updated_at_txt, shops.timezone) as updated_at,
         -- money
         coalesce(total_amount__typed, crm_money(total_amount_txt))                     as total_amount,
         coalesce(upper(currency_txt), 'CNY')              as currency,

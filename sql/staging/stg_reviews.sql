@@ -13,6 +13,8 @@ cleaned as (
         crm_text(rating) as rating_txt, crm_text(text) as text,
         -- the same, typed, when a Parquet file had them so (NULL otherwise; the text is then NULL)
         created_at__typed, rating__typed,
+        -- a naive Parquet created_at (NULL otherwise, and the text is then NULL)
+        created_at__naive,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -23,7 +25,7 @@ typed as (
         cleaned.*,
         shops.timezone                                                   as tz,
         created_at__typed is not null or coalesce(crm_has_offset(created_at_txt), false) as has_offset,
-        coalesce(created_at__typed, crm_zone_ts(created_at_txt, shops.timezone))       as created_at,
+        crm_landed_ts(created_at__typed, created_at__naive, created_at_txt, shops.timezone) as created_at,
         coalesce(rating__typed, crm_int(rating_txt))                                     as rating
     from cleaned
     left join staging.orders as orders on orders.order_id = cleaned.order_id
@@ -35,7 +37,7 @@ checked as (
         *,
         concat_ws('; ',
             crm_need('order_id', order_id),
-            case when tz is null and not has_offset and created_at_txt is not null
+            case when tz is null and not has_offset and (created_at_txt is not null or created_at__naive is not null)
                  then 'unknown order_id' || crm_echo('order_id', order_id) || ': cannot place a created_at without offset'
                  else crm_required('created_at', created_at_txt, created_at) end,
             crm_required('rating', rating_txt, rating),

@@ -14,6 +14,8 @@ cleaned as (
         lower(crm_text(channel)) as channel, crm_text(created_at) as created_at_txt, crm_text(reason) as reason,
         -- the same, typed, when a Parquet file had it so (NULL otherwise; the text is then NULL)
         created_at__typed,
+        -- a naive Parquet created_at (NULL otherwise, and the text is then NULL)
+        created_at__naive,
         -- lineage
         _source_file, _file_ord, _row_number
     from source
@@ -22,8 +24,8 @@ cleaned as (
 typed as (
     select
         cleaned.*,
-        coalesce(created_at__typed,
-                 crm_zone_ts(created_at_txt, coalesce(shops.timezone, default_shop.timezone))) as created_at,
+        crm_landed_ts(created_at__typed, created_at__naive, created_at_txt,
+                      coalesce(shops.timezone, default_shop.timezone))                     as created_at,
         coalesce(shops.phone_region, default_shop.phone_region)                    as phone_region,
         crm_e164(phone_txt, coalesce(shops.phone_region, default_shop.phone_region)) as phone  -- E.164
     from cleaned

@@ -66,6 +66,27 @@ def test_an_analyst_reading_does_not_block_a_flow(local_server, tmp_path):
     assert not list(copy.parent.glob(copy.name + ".old-*"))
 
 
+def test_the_analysts_copy_is_the_checkpointed_file_byte_for_byte_and_an_open_copy_stays_as_it_was(tmp_path):
+    from crm.db import publish_snapshot
+
+    db = tmp_path / "shop.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE t AS SELECT range AS i, repeat('x', 200) || range AS s FROM range(300000)")
+    first = publish_snapshot(con, db)
+    assert first.read_bytes() == db.read_bytes()
+    analyst = duckdb.connect(str(first), read_only=True)
+    con.execute("INSERT INTO t SELECT range, 'later' FROM range(1000)")
+    second = publish_snapshot(con, db)
+    assert second == first and second.read_bytes() == db.read_bytes(), "the new copy is the file as checkpointed"
+    assert analyst.execute("SELECT count(*) FROM t").fetchone()[0] == 300000, "the open copy is undisturbed"
+    analyst.close()
+    fresh = duckdb.connect(str(second), read_only=True)
+    assert fresh.execute("SELECT count(*), count(*) FILTER (s = 'later') FROM t").fetchone() == (301000, 1000)
+    fresh.close()
+    con.close()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_deploy_from_prefect_yaml_and_run_through_the_api(local_server, tmp_path):
     """prefect work-pool create + prefect deploy --all + a process worker, as the README says; then a plan
     run triggered through the API writes the marts."""

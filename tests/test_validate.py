@@ -276,6 +276,9 @@ def test_a_bad_row_among_many_rolls_the_whole_ingest_back_naming_the_expectation
     for table in ("staging.orders", "staging.customers", "ops.ingest_runs", "ops.ingested_files",
                   "ops.validation_results"):
         assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+    # the rows typed before the transaction (transforms/ingest.py TYPED_BEFORE) leave no scratch table behind
+    assert con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary AND (table_name LIKE 'stg%' "
+                       "OR table_name LIKE 'land%' OR table_name = '_dup')").fetchall() == []
     again = load(con, landing.root, validate=validate_ingest)
     assert (again.files_new, again.rows_loaded) == (2, n + 1), "the files are still new, and load when good"
     assert failures(again.validation) == {}

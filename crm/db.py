@@ -531,52 +531,75 @@ def dst_years(zone: str) -> tuple[tuple[int, int, int, int, int, int, int], ...]
     return tuple(years)
 
 
-def _dst_sql(zone: str, years) -> tuple[str, str]:
-    """(to_utc, to_local) SQL templates ('{l}', '{ts}') for a zone with daylight saving time over DST_YEARS: the
-    year's offsets picked from lists, plain arithmetic; outside the years, ICU (crm_utc, timezone())."""
+def _dst_sql(zone: str, years) -> str:
+    """SQL template ('{l}') for a local wall-clock time in a zone with daylight saving time as an instant over
+    DST_YEARS: the year's offsets picked from lists, plain arithmetic; outside the years, ICU (crm_utc)."""
     first, last = DST_YEARS
     col = list(zip(*years))
     lst = {name: "[" + ", ".join(map(str, col[i])) + "]" for i, name in
            enumerate(("o0", "u1", "o1", "u2", "o2", "w1", "w2"))}
     li = f"(year({{l}}) - {first - 1})"
     le = "epoch_us({l})"
-    to_utc = (f"CASE WHEN {{l}} >= TIMESTAMP '{first}-01-01' AND {{l}} < TIMESTAMP '{last}-01-01' THEN "
-              f"make_timestamptz({le} - CASE WHEN {le} < {lst['w1']}[{li}] THEN {lst['o0']}[{li}] "
-              f"WHEN {le} < {lst['w2']}[{li}] THEN {lst['o1']}[{li}] ELSE {lst['o2']}[{li}] END) "
-              f"ELSE crm_utc({{l}}, {_lit(zone)}) END")
-    ue = "epoch_us({ts})"
-    ui = f"(year(make_timestamp({ue})) - {first - 1})"
-    to_local = (f"CASE WHEN {{ts}} >= TIMESTAMPTZ '{first}-01-01 00:00:00+00' AND {{ts}} < TIMESTAMPTZ '{last}-01-01 00:00:00+00' "
-                f"THEN make_timestamp({ue} + CASE WHEN {ue} < {lst['u1']}[{ui}] THEN {lst['o0']}[{ui}] "
-                f"WHEN {ue} < {lst['u2']}[{ui}] THEN {lst['o1']}[{ui}] ELSE {lst['o2']}[{ui}] END) "
-                f"ELSE timezone({_lit(zone)}, {{ts}}) END")
-    return to_utc, to_local
+    return (f"CASE WHEN {{l}} >= TIMESTAMP '{first}-01-01' AND {{l}} < TIMESTAMP '{last}-01-01' THEN "
+            f"make_timestamptz({le} - CASE WHEN {le} < {lst['w1']}[{li}] THEN {lst['o0']}[{li}] "
+            f"WHEN {le} < {lst['w2']}[{li}] THEN {lst['o1']}[{li}] ELSE {lst['o2']}[{li}] END) "
+            f"ELSE crm_utc({{l}}, {_lit(zone)}) END")
 
 
-def _dst_zones(con: duckdb.DuckDBPyConnection, zones: set[str]) -> dict[str, tuple[str, str]]:
-    """The zones with daylight saving time that get arithmetic over DST_YEARS: {zone: (to_utc, to_local)}. A zone
-    qualifies when its zone file gives at most two changes a year (dst_years) and DuckDB's own time zone data (ICU,
-    what crm_utc and timezone() use) agrees around every change (17 times from 2 hours before to 2 hours after its
-    wall-clock time, on both sides of each minute the offsets differ) and at noon on the 1st and 15th of every
-    month: ~20 ms a zone, once per command. tests/test_ingest.py compares them every minute around every change."""
+def _dst_zones(con: duckdb.DuckDBPyConnection, zones: set[str]) -> dict[str, str]:
+    """The zones with daylight saving time whose local times become instants by arithmetic over DST_YEARS:
+    {zone: SQL template}. A zone qualifies when its zone file gives at most two changes a year (dst_years) and
+    DuckDB's own time zone data (ICU, what crm_utc uses) agrees around every change (17 times from 2 hours before
+    to 2 hours after its wall-clock time, on both sides of each minute the offsets differ) and at noon on the 1st
+    and 15th of every month: ~20 ms a zone. tests/test_ingest.py compares them every minute around every change."""
     out = {}
     first, last = DST_YEARS
     for zone in sorted(zones):
         years = dst_years(zone)
         if years is None or not any(y[1] != 2**62 for y in years):
             continue
-        to_utc, to_local = _dst_sql(zone, years)
+        to_utc = _dst_sql(zone, years)
         near = sorted({w + m * 60_000_000 for y in years for w in (y[5], y[6]) if w != 2**62
                        for m in (-120, -61, -60, -59, -31, -30, -29, -1, 0, 1, 29, 30, 31, 59, 60, 61, 120)})
         agree = con.execute(
-            f"SELECT bool_and({to_utc.format(l='l')} IS NOT DISTINCT FROM crm_utc(l, {_lit(zone)}) AND "
-            f"{to_local.format(ts='u')} IS NOT DISTINCT FROM timezone({_lit(zone)}, u)) FROM ("
-            f"SELECT l, crm_utc(l, {_lit(zone)}) AS u FROM (SELECT make_timestamp(unnest(?::BIGINT[])) AS l "
-            f"UNION ALL SELECT make_timestamp(y, m, d, 12, 0, 0) FROM range({first}, {last}) a(y), range(1, 13) b(m), "
-            f"(VALUES (1), (15)) c(d)))", [near]).fetchone()[0]
+            f"SELECT bool_and({to_utc.format(l='l')} IS NOT DISTINCT FROM crm_utc(l, {_lit(zone)})) FROM ("
+            f"SELECT make_timestamp(unnest(?::BIGINT[])) AS l UNION ALL SELECT make_timestamp(y, m, d, 12, 0, 0) "
+            f"FROM range({first}, {last}) a(y), range(1, 13) b(m), (VALUES (1), (15)) c(d))", [near]).fetchone()[0]
         if agree:
-            out[zone] = (to_utc, to_local)
+            out[zone] = to_utc
     return out
+
+
+def _to_utc(tz: str, l: str, fixed: dict[str, tuple[str, int]], dst: dict[str, str] | None = None) -> str:
+    """SQL for the local wall-clock time `l` in zone `tz` as an instant: arithmetic for a fixed zone (after its
+    last change) or a checked zone with daylight saving time (over DST_YEARS), else crm_utc (ICU)."""
+    if dst and tz in dst:
+        return dst[tz].format(l=l)
+    if tz not in fixed:
+        return f"crm_utc({l}, {_lit(tz)})"
+    since, off = fixed[tz]
+    return (f"CASE WHEN {l} >= TIMESTAMP '{since}' THEN make_timestamptz(epoch_us({l}) - {off}) "
+            f"ELSE crm_utc({l}, {_lit(tz)}) END")
+
+
+def _by_zone_name(zones, expr) -> str:
+    """CASE zone WHEN '<zone>' THEN expr(zone) … END over `zones` (NULL for any other, or when there are none)."""
+    if not zones:
+        return "CAST(NULL AS TIMESTAMPTZ)"
+    return "CASE zone " + " ".join(f"WHEN {_lit(tz)} THEN {expr(tz)}" for tz in zones) + " END"
+
+
+def staging_zone_macros(con: duckdb.DuckDBPyConnection) -> None:
+    """crm_zone_utc (and so crm_zone_ts, crm_landed_ts) again, with the configured zones that have daylight saving
+    time converted by arithmetic too (_dst_zones): what the ingest's typing calls for millions of values (~15x
+    faster than ICU's three calls in crm_utc). Only there: finding and checking a zone's years costs ~20 ms, and a
+    plan, which converts few rows, binds the longer expressions more slowly than ICU converts them."""
+    zones = sorted(r[0] for r in con.execute("SELECT DISTINCT timezone FROM ops.shops WHERE timezone IS NOT NULL").fetchall())
+    fixed = _fixed_zones(con, set(zones))
+    # a zone fixed only since DST_YEARS began (Asia/Tehran since 2022) is better by the year than fixed-then-ICU
+    dst = _dst_zones(con, {z for z in zones if z not in fixed or fixed[z][0] >= str(DST_YEARS[0])})
+    con.execute(f"CREATE OR REPLACE TEMP MACRO crm_zone_utc(zone, l) AS "
+                f"{_by_zone_name(zones, lambda tz: _to_utc(tz, 'l', fixed, dst))}")
 
 
 def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) -> None:
@@ -593,27 +616,17 @@ def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) ->
                                                 as its text would be, without printing and parsing it
     One CASE branch per zone (the shops of a zone in one IN list: a group of a few hundred shops has a few
     zones). A zone whose offset is fixed (Asia/Shanghai since 1991, Asia/Tokyo, …: _fixed_zones) is plain
-    arithmetic after its last change, ~30x faster than DuckDB's ICU conversion, and exactly the same. So is a zone
-    with daylight saving time (America/New_York, Europe/Berlin, …: _dst_zones) over DST_YEARS, its offsets picked
-    year by year from lists (~15x faster), where ICU agrees with its zone file."""
+    arithmetic after its last change, ~30x faster than DuckDB's ICU conversion, and exactly the same. The ingest
+    makes crm_zone_utc again with the zones that have daylight saving time by arithmetic too (staging_zone_macros)."""
     by_zone: dict[str, list[str]] = {}
     for shop, tz in zones:
         by_zone.setdefault(tz, []).append(shop)
     fixed = _fixed_zones(con, set(by_zone))
-    dst = _dst_zones(con, set(by_zone) - set(fixed))
 
     def to_utc(tz: str, l: str) -> str:
-        if tz in dst:
-            return dst[tz][0].format(l=l)
-        if tz not in fixed:
-            return f"crm_utc({l}, {_lit(tz)})"
-        since, off = fixed[tz]
-        return (f"CASE WHEN {l} >= TIMESTAMP '{since}' THEN make_timestamptz(epoch_us({l}) - {off}) "
-                f"ELSE crm_utc({l}, {_lit(tz)}) END")
+        return _to_utc(tz, l, fixed)
 
     def to_local(tz: str, ts: str) -> str:
-        if tz in dst:
-            return dst[tz][1].format(ts=ts)
         if tz not in fixed:
             return f"timezone({_lit(tz)}, {ts})"
         since, off = fixed[tz]
@@ -626,18 +639,13 @@ def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) ->
                             for tz, shops in by_zone.items())
         return f"CASE {branches} END" if branches else f"CAST(NULL AS {null})"
 
-    def by_zone_name(expr) -> str:
-        if not by_zone:
-            return "CAST(NULL AS TIMESTAMPTZ)"
-        return "CASE zone " + " ".join(f"WHEN {_lit(tz)} THEN {expr(tz)}" for tz in by_zone) + " END"
-
     con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_local(shop, ts) AS "
                 f"{by_shop(lambda tz: to_local(tz, 'ts'), 'TIMESTAMP')}")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_local_date(shop, ts) AS CAST(crm_shop_local(shop, ts) AS DATE)")
     con.execute(f"CREATE OR REPLACE TEMP MACRO crm_shop_utc(shop, l) AS {by_shop(lambda tz: to_utc(tz, 'l'), 'TIMESTAMPTZ')}")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_shop_ts(t, shop) AS CASE WHEN crm_has_offset(t) THEN crm_ts_aware(t) "
                 "WHEN crm_is_wall_clock(t) THEN crm_shop_utc(shop, try_cast(t AS TIMESTAMP)) END")
-    con.execute(f"CREATE OR REPLACE TEMP MACRO crm_zone_utc(zone, l) AS {by_zone_name(lambda tz: to_utc(tz, 'l'))}")
+    con.execute(f"CREATE OR REPLACE TEMP MACRO crm_zone_utc(zone, l) AS {_by_zone_name(by_zone, lambda tz: to_utc(tz, 'l'))}")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_zone_ts(t, zone) AS CASE WHEN crm_has_offset(t) THEN crm_ts_aware(t) "
                 "WHEN crm_is_wall_clock(t) THEN crm_zone_utc(zone, try_cast(t AS TIMESTAMP)) END")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_landed_ts(aware, naive, t, zone) AS "

@@ -39,7 +39,7 @@ from typing import Callable
 
 import duckdb
 
-from crm.db import repeated_keys_sql, sql_text, transaction
+from crm.db import repeated_keys_sql, sql_text, staging_zone_macros, transaction
 from crm.storage import layout
 
 # --------------------------------------------------------------------------------------------------
@@ -863,6 +863,7 @@ def load(
         # is an explicit column (_file_ord, _row_number, updated_at), so DuckDB need not keep insertion order
         # while it types, merges and writes: it writes in parallel and holds less (1M orders: ~20 % faster)
         con.execute("SET preserve_insertion_order = false")
+        staging_zone_macros(con)      # the zones with daylight saving time by arithmetic, for millions of values
         typed = {}                    # entity -> its good rows, typed before the transaction (TYPED_BEFORE)
         for name in TYPED_BEFORE:
             mine = [f for f in new if f.entity == name]

@@ -535,9 +535,8 @@ def _dst_sql(zone: str, years) -> str:
     """SQL template ('{l}') for a local wall-clock time in a zone with daylight saving time as an instant over
     DST_YEARS: the year's offsets picked from lists, plain arithmetic; outside the years, ICU (crm_utc)."""
     first, last = DST_YEARS
-    col = list(zip(*years))
-    lst = {name: "[" + ", ".join(map(str, col[i])) + "]" for i, name in
-           enumerate(("o0", "u1", "o1", "u2", "o2", "w1", "w2"))}
+    col = dict(zip(("o0", "t1", "o1", "t2", "o2", "w1", "w2"), zip(*years)))
+    lst = {name: "[" + ", ".join(map(str, col[name])) + "]" for name in ("o0", "o1", "o2", "w1", "w2")}
     li = f"(year({{l}}) - {first - 1})"
     le = "epoch_us({l})"
     return (f"CASE WHEN {{l}} >= TIMESTAMP '{first}-01-01' AND {{l}} < TIMESTAMP '{last}-01-01' THEN "

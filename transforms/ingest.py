@@ -7,7 +7,8 @@ The steps, all set-based in DuckDB (Python only loops over entities and files, n
    files whose content is already in the manifest ``ops.ingested_files`` are skipped (a renamed copy is the
    same content).
 2. *land*: each new file is read by DuckDB with every column as text into ``land_<entity>`` (a Parquet
-   column that already has its column's type passes typed beside it: ``TYPED_KIND``).
+   column that already has its column's type passes typed beside it, and a naive Parquet timestamp as
+   such: ``TYPED_KIND``).
    A file that cannot be read at all (a corrupt Parquet page, a CSV that is not text) is quarantined
    whole and the others load; a malformed CSV or JSON line is quarantined on its own. No column name,
    key or path read from the input ever becomes SQL text (see "2. land" below).
@@ -17,7 +18,8 @@ The steps, all set-based in DuckDB (Python only loops over entities and files, n
 4. *validate*: Great Expectations on the rows this run loaded; a failed critical expectation rolls
    the whole run back (nothing is half-loaded, and the files stay new for the next try).
 
-The whole run is one transaction.
+The whole run's writes are one transaction. What only writes temporary tables comes before it: landing,
+and typing the entities whose models read only committed tables (``TYPED_BEFORE``).
 """
 
 from __future__ import annotations

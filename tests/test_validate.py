@@ -284,6 +284,74 @@ def test_a_bad_row_among_many_rolls_the_whole_ingest_back_naming_the_expectation
     assert failures(again.validation) == {}
 
 
+def first_load(landing) -> None:
+    """A first load with orphans of every kind: 3 of 12 orders name no known customer, 2 items and 1 review no
+    known order; and two orders the run gives twice (the newer version wins)."""
+    landing.csv("customers", "c.csv", [customer(f"c{i}") for i in range(9)])
+    landing.csv("products", "p.csv", [{"product_id": "p1", "shop_id": "s1", "title": "t", "category": "c"}])
+    landing.csv("orders", "o.csv", [order(f"o{i}", customer_id=f"c{i}" if i < 9 else "ghost") for i in range(12)]
+                + [order("o1", total_amount="5.00", updated_at="2026-11-21T10:00:00+08:00")])
+    landing.parquet("orders", "o2.parquet", [order("o2", total_amount="6.00", updated_at="2026-11-22T10:00:00+08:00")])
+    landing.csv("order_items", "i.csv", [{"order_id": f"o{i}", "line_no": 1, "product_id": "p1", "quantity": 1,
+                                          "unit_price": 1} for i in (*range(12), 404, 405)])
+    landing.csv("reviews", "r.csv", [{"order_id": o, "created_at": "2026-11-23T10:00:00+08:00", "rating": 5}
+                                     for o in ("o1", "o404")])
+
+
+def test_a_first_loads_suites_run_before_the_merge_and_give_what_they_give_after_it(tmp_path, config_path):
+    """The first load of a typed entity is checked on its typed rows before the ingest's transaction
+    (validate_typed: committed rows, which DuckDB reads faster); the results and stored rows are the same as the
+    suites give on the merged rows inside it."""
+    from conftest import Landing
+    from crm.config import load_settings
+    from crm.db import connect, sync_shops
+
+    def ingest(name, validate):
+        landing = Landing(tmp_path / f"landing-{name}")
+        first_load(landing)
+        con = connect(tmp_path / f"{name}.duckdb")
+        sync_shops(con, load_settings(config_path))
+        steps = []
+        result = load(con, landing.root, validate=validate, step=lambda what, n: steps.append(what))
+        stored = con.execute("SELECT suite, expectation, column_name, critical, success, element_count, "
+                             "unexpected_count FROM ops.validation_results ORDER BY ALL").fetchall()
+        con.close()
+        return result.validation, stored, steps
+
+    early, early_stored, early_steps = ingest("early", validate_ingest)
+    inside, inside_stored, inside_steps = ingest("inside", lambda c, ingest_id: validate_ingest(c, ingest_id))
+    assert "validate customers, products, orders, order_items" in early_steps
+    assert not any(s.startswith("validate") for s in inside_steps)
+    assert early == inside and early_stored == inside_stored
+    assert failures(early) == {("orders", IN_SET, "_known_customer"): (3, 12),
+                               ("order_items", IN_SET, "_known_order"): (2, 14),
+                               ("reviews", IN_SET, "_known_order"): (1, 2)}
+    assert {r["suite"]: r["element_count"] for r in early}["staging.orders"] == 12
+
+
+def test_an_early_suite_whose_merge_was_no_first_load_runs_again_inside(con, landing):
+    """Should the staging table get rows between the early suites and the merge, the merge is no first load and
+    may keep fewer rows than were typed: that entity's suite is run again on what was merged."""
+    first_load(landing)
+
+    def early_then_someone_else(c, entities, typed):
+        done = validate_ingest.early(c, entities, typed)
+        # a newer o3 staged by someone else: the run's o3 loses to it
+        stage(c, "orders", [{"order_id": "o3", "customer_id": "c3", "updated_at": datetime(2027, 1, 1, tzinfo=timezone.utc)}],
+              ingest_id=RUN + 100)
+        return done
+
+    def validate(c, ingest_id, early=None):
+        return validate_ingest(c, ingest_id, early)
+
+    validate.early = early_then_someone_else
+    result = load(con, landing.root, validate=validate)
+    counts = {r["suite"]: r["element_count"] for r in result.validation}
+    assert counts["staging.orders"] == 11, "checked on the 11 orders merged, not the 12 typed"
+    assert counts["staging.customers"] == 9 and counts["staging.order_items"] == 14
+    assert failures(result.validation)[("orders", IN_SET, "_known_customer")] == (3, 11)
+
+
 def test_no_row_is_pulled_into_pandas(good, monkeypatch):
     """The checks run where the rows are: no pandas frame is built of them (the old way built one per suite)."""
     sizes = []

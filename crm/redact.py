@@ -6,7 +6,7 @@ answer, an exception, a quarantined row or reason). Phone numbers are found by l
 parentheses), country codes (``+86``, ``0086``, ``86…``), full-width digits, and leaves dates, times and
 timestamps alone. It runs with the least strict leniency, so that numbers outside assigned ranges are found
 too, and a candidate is masked when it is a valid number, or has 9 to 15 digits (a full number anywhere)
-and is not an amount (``12345678.90``) or an IPv4 address. Order ids (``s1-o000123``, 19-digit platform
+and is not an amount (``12345678.90``), an IPv4 address or inside a UUID (a Prefect run's link). Order ids (``s1-o000123``, 19-digit platform
 ids), amounts, counts and dates stay readable. A masked number keeps its first three digits and last two:
 ``137-1527-5764`` -> ``137****64``, ``+86 137 1527 5764`` -> ``+861****64``.
 
@@ -27,6 +27,9 @@ _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-])[A-Za-z0
 # seven digits with at most three separators (space, dash, dot, parenthesis, slash) between each two: the least
 # any phone number has; text without it (most log lines) is not searched further
 _MAYBE_PHONE = re.compile(r"\d(?:[\s\-.()/\u2010-\u2015\uff08\uff09\uff0d\uff0e]{0,3}\d){6}")
+# a UUID (a Prefect run's id in its "View at" link, a message id): hex digits, of which about one in eight holds a
+# run of 9+ decimal digits that libphonenumber would take for a number; such a run inside one is left whole
+_UUID = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![0-9A-Za-z])")
 _AMOUNT = re.compile(r"^\d+[.,]\d{1,2}$")
 _IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 _REGION = "CN"              # the region of numbers written without a country code, when none is known
@@ -72,8 +75,11 @@ def _mask_phones(text: str) -> str:
         return text
     import phonenumbers as pn
 
+    uuids = [m.span() for m in _UUID.finditer(text)]
     out, last = [], 0
     for match in pn.PhoneNumberMatcher(text, _REGION, leniency=pn.Leniency.POSSIBLE):
+        if any(a <= match.start and match.end <= b for a, b in uuids):
+            continue
         if _is_phone(match):
             out += [text[last:match.start], _masked_number(match.raw_string)]
             last = match.end

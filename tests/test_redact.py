@@ -73,11 +73,20 @@ def test_every_shape_of_a_number_is_masked(number, masked):
     "connection refused: 127.0.0.1:45678, 192.168.100.200:8080",
     "HTTP 503 after 2.5 s, Retry-After 30; attempt 5/5",
     "uuid 550e8400-e29b-41d4-a716-446655440000",
+    # a Prefect run's link: about one UUID in eight holds 9+ decimal digits in a row, which used to be masked
+    "View at http://127.0.0.1:4200/runs/flow-run/78d5973b-e962-4262-a677-326626fe0387",
+    "View at http://127.0.0.1:4200/runs/flow-run/341fada0-743b-44a1-b399-c868843239a2",
+    "message 987284DB-B6D4-4060-BAC5-73F410969767 queued",
     "took 1234567 ms",
     "quarantine row 123456, ingest #42",
 ])
 def test_nothing_else_is_mangled(text):
     assert redact(text) == text
+
+
+def test_a_number_beside_a_uuid_is_still_masked():
+    text = "run 78d5973b-e962-4262-a677-326626fe0387 to 13715275764, not 13715275764-e962"
+    assert redact(text) == "run 78d5973b-e962-4262-a677-326626fe0387 to 137****64, not 137****64-e962"
 
 
 def test_emails_too():

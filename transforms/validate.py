@@ -60,7 +60,7 @@ class Check:
 
 
 def _rows(table: str, key: tuple[str, ...], columns: str, known: tuple[str, str, str] | None = None) -> str:
-    """The rows of run `$ingest_id` in staging.`table` (`columns`), with `_copies` and, for `known` = (name,
+    """The rows a run loaded of `table` (`columns`), with `_copies` and, for `known` = (name,
     parent, column), `_known_<name>`: does the row's `column` exist in staging.`parent`. The parent's keys are
     the `{parent_keys}` placeholder, which `_parent_keys` fills in by the run's size; where the run's rows are read
     is the `{mine}` placeholder (`_fill`: staging, or the typed rows of a first load before they are merged)."""
@@ -275,7 +275,8 @@ def _context():
 
 
 def _source(context, con: duckdb.DuckDBPyConnection):
-    """GX's SQL data source on `con` itself (transforms/gx_duckdb.py): it runs inside the caller's transaction."""
+    """GX's SQL data source on `con` itself (transforms/gx_duckdb.py): it runs inside the caller's transaction, if
+    one is open (the ingest's; validate_typed runs before it)."""
     from transforms import gx_duckdb
 
     return gx_duckdb.source(context, con)

@@ -28,6 +28,7 @@ INTERMEDIATE = [
     "int_unpaid_orders",
     "int_customer_orders",
     "int_order_segments",
+    "int_visit_windows",
     "int_visit_candidates",
     "int_customer_reach",
     "int_reminder_send_times",
@@ -35,6 +36,11 @@ INTERMEDIATE = [
     "int_experiment_arms",
 ]
 MARTS = ["reminder_decisions", "visit_tasks"]
+# constants the later models are bound to, read from a model once it is made: a bound that DuckDB can hold
+# against each row group's min/max (a value from a subquery it cannot), so a scan skips what cannot matter at T
+DERIVED = {
+    "int_visit_windows": ("visit_from", "SELECT min(starts) FROM int_visit_windows"),
+}
 # at the newest T, refreshed incrementally (marts.reminder_effect: a view of reminder_effect_segments, crm/db.py)
 REPORTS = ["feedback_summary", "reminder_effect_segments", "reminder_variants"]
 
@@ -166,6 +172,9 @@ def build(con: duckdb.DuckDBPyConnection, as_of: datetime, variants: list[str] |
     for name in INTERMEDIATE:
         sql = sql_text(f"intermediate/{name}.sql")
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", _bind(sql, params))
+        if name in DERIVED:
+            key, query = DERIVED[name]
+            params[key] = con.execute(query).fetchone()[0]
     for name in MARTS:
         sql = sql_text(f"marts/{name}.sql")
         con.execute(f"CREATE OR REPLACE TEMP TABLE mart_{name} AS {sql}", _bind(sql, params))

@@ -4,33 +4,11 @@
 --   N = the largest followup_days among its products, the shop's followup_days where none sets it;
 --   due = local_date(x) + N days, and due <= D < due + grace_days;
 --   not refunded at T.
--- Only orders that can be due are read: a trigger on a local date D - N - k (0 <= k < grace_days) for one of
--- the N in use (the shop's default or a product's). Each such date is an interval of instants in the shop's
--- zone, [its midnight, the next), so an order is matched on its trigger time, without converting every
--- order's time to local time.
-with follow_up_days as (
-    -- every N in use, per shop
-    select clock.shop_id, n.days
-    from int_shop_clock as clock,
-         (select distinct followup_days as days from staging.products where followup_days is not null) as n
-    union
-    select shop_id, followup_days from int_shop_clock
-),
-
-candidate_dates as (
-    select distinct days.shop_id, clock.local_date - days.days - k::INTEGER as trigger_date
-    from follow_up_days as days
-    join int_shop_clock as clock using (shop_id),
-         range(0, clock.grace_days) as ks(k)
-),
-
-trigger_windows as (
-    -- each candidate date as the instants it spans in the shop's zone
-    select
-        shop_id, trigger_date,
-        crm_shop_utc(shop_id, trigger_date::TIMESTAMP)       as starts,
-        crm_shop_utc(shop_id, (trigger_date + 1)::TIMESTAMP) as ends
-    from candidate_dates
+-- Only orders that can be due are read: a trigger on one of the local dates int_visit_windows lists. Each such
+-- date is an interval of instants in the shop's zone, [its midnight, the next), so an order is matched on its
+-- trigger time, without converting every order's time to local time.
+with trigger_windows as (
+    select * from int_visit_windows
 ),
 
 shop_windows as (
@@ -43,16 +21,36 @@ shop_windows as (
 ),
 
 triggered as (
+    -- the trigger time by the shop's trigger (delivered_at, shipped_at, else paid_at), read only since $visit_from:
+    -- a bound on each trigger's own column, a constant, lets DuckDB skip the row groups of older orders
+    -- (int_visit_windows); an order triggered before it cannot be due
     select
         orders.order_id, orders.shop_id, orders.customer_id, orders.total_amount, orders.refunded_at,
-        shops.local_date, shops.shop_followup_days, shops.grace_days,
-        case shops.visit_trigger
-            when 'delivered' then orders.delivered_at
-            when 'shipped' then orders.shipped_at
-            else orders.paid_at end                                   as trigger_at,
-        shops.first_start
+        shops.local_date, shops.shop_followup_days, shops.grace_days, shops.first_start,
+        orders.delivered_at as trigger_at
     from staging.orders as orders
     join shop_windows as shops using (shop_id)
+    where shops.visit_trigger = 'delivered'
+      and orders.delivered_at >= $visit_from::TIMESTAMPTZ
+    union all
+    select
+        orders.order_id, orders.shop_id, orders.customer_id, orders.total_amount, orders.refunded_at,
+        shops.local_date, shops.shop_followup_days, shops.grace_days, shops.first_start,
+        orders.shipped_at as trigger_at
+    from staging.orders as orders
+    join shop_windows as shops using (shop_id)
+    where shops.visit_trigger = 'shipped'
+      and orders.shipped_at >= $visit_from::TIMESTAMPTZ
+    union all
+    select
+        orders.order_id, orders.shop_id, orders.customer_id, orders.total_amount, orders.refunded_at,
+        shops.local_date, shops.shop_followup_days, shops.grace_days, shops.first_start,
+        orders.paid_at as trigger_at
+    from staging.orders as orders
+    join shop_windows as shops using (shop_id)
+    where shops.visit_trigger is distinct from 'delivered'
+      and shops.visit_trigger is distinct from 'shipped'
+      and orders.paid_at >= $visit_from::TIMESTAMPTZ
 ),
 
 possible as (

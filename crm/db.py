@@ -11,6 +11,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -18,7 +19,8 @@ import struct
 import subprocess
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +41,44 @@ def asset_dir(name: str) -> Path:
 
 
 _INCLUDE = re.compile(r"^-- @include (\S+\.sql)[ \t]*$", re.M)
+
+
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def literal(value) -> str:
+    """`value` as a DuckDB SQL literal: NULL, a boolean, a number, a quoted string, a DATE, TIMESTAMP or TIMESTAMPTZ,
+    an INTERVAL, or a list of these."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value!r}::DOUBLE" if math.isfinite(value) else f"'{value}'::DOUBLE"
+    if isinstance(value, Decimal):
+        return f"'{value}'::DECIMAL(38, {max(0, -value.as_tuple().exponent)})" if value.is_finite() else f"'{value}'::DOUBLE"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, datetime):
+        kind = "TIMESTAMP" if value.tzinfo is None or value.utcoffset() is None else "TIMESTAMPTZ"
+        return f"{kind} '{value.isoformat(sep=' ')}'"
+    if isinstance(value, date):
+        return f"DATE '{value.isoformat()}'"
+    if isinstance(value, timedelta):
+        return f"to_microseconds({(value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds})"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    raise TypeError(f"no SQL literal for a {type(value).__name__}")
+
+
+def inline(sql: str, params: dict) -> str:
+    """`sql` with each `$name` that `params` holds written as its literal (other `$` words are left as they are).
+    The commands run their statements so, not with DuckDB's parameters: duckdb 1.5.5's Python binding checks every
+    parameter value against pandas.NaT and pandas.NA, which imports pandas (~0.45 s) in a command that needs
+    none of it (a plan, a backfill)."""
+    return _PARAM.sub(lambda m: literal(params[m[1]]) if m[1] in params else m[0], sql)
 
 
 @cache
@@ -388,21 +428,21 @@ def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
     # written again only when the configuration changed: binding 200 shops' values costs ~0.4 s a command
     fingerprint = hashlib.sha256(json.dumps([SHOP_COLUMNS, rows, list(settings.retired_shops)], ensure_ascii=False,
                                             default=str).encode()).hexdigest()
-    unchanged = con.execute("SELECT count(*) FROM ops.shops_fingerprint WHERE fingerprint = ?",
-                            [fingerprint]).fetchone()[0] and \
+    unchanged = con.execute(inline("SELECT count(*) FROM ops.shops_fingerprint WHERE fingerprint = $f",
+                                   {"f": fingerprint})).fetchone()[0] and \
         con.execute("SELECT count(*) FROM ops.shops").fetchone()[0] == len(rows)
     if not unchanged:
         con.execute(f"CREATE OR REPLACE TABLE ops.shops ({SHOP_COLUMNS})")
-        # one statement for all shops (executemany costs ~8 ms a row: 1.5 s for 200 shops)
+        # one statement for all shops (executemany costs ~8 ms a row: 1.5 s for 200 shops), as literals (`inline`)
         if rows:                      # none: a partition of a lake that no shop falls in (yet)
-            placeholders = "(" + ", ".join("?" * len(rows[0])) + ")"
-            con.execute(f"INSERT INTO ops.shops VALUES {', '.join([placeholders] * len(rows))}",
-                        [v for row in rows for v in row])
+            con.execute("INSERT INTO ops.shops VALUES " + ", ".join(
+                "(" + ", ".join(map(literal, row)) + ")" for row in rows))
         con.execute("CREATE OR REPLACE TABLE ops.retired_shops (shop_id VARCHAR NOT NULL)")
         if settings.retired_shops:
-            con.executemany("INSERT INTO ops.retired_shops VALUES (?)", [[s] for s in settings.retired_shops])
+            con.execute("INSERT INTO ops.retired_shops VALUES " + ", ".join(
+                f"({literal(s)})" for s in settings.retired_shops))
         con.execute("DELETE FROM ops.shops_fingerprint")
-        con.execute("INSERT INTO ops.shops_fingerprint VALUES (?)", [fingerprint])
+        con.execute(f"INSERT INTO ops.shops_fingerprint VALUES ({literal(fingerprint)})")
     shop_macros(con, [(s.shop_id, s.timezone) for s in settings.shops])
     # the staging SQL's phone functions (crm_e164, crm_phone_problem: Python UDFs), on every connection that
     # stages: staging needs the shop macros above, so it never runs on a connection this has not set up.

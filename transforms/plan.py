@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from crm.db import asset_dir, sql_text, transaction
+from crm.db import asset_dir, inline, literal, sql_text, transaction
 
 # in dependency order
 INTERMEDIATE = [
@@ -136,8 +136,6 @@ def template_variants(root: Path | None = None) -> list[str]:
 # the plan
 
 
-def _bind(sql: str, params: dict) -> dict:
-    return {k: v for k, v in params.items() if f"${k}" in sql}
 
 
 def check_shops(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -171,13 +169,13 @@ def build(con: duckdb.DuckDBPyConnection, as_of: datetime, variants: list[str] |
     params = {"as_of": as_of, "variants": variants if variants is not None else template_variants()}
     for name in INTERMEDIATE:
         sql = sql_text(f"intermediate/{name}.sql")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", _bind(sql, params))
+        con.execute(inline(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", params))
         if name in DERIVED:
             key, query = DERIVED[name]
             params[key] = con.execute(query).fetchone()[0]
     for name in MARTS:
         sql = sql_text(f"marts/{name}.sql")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE mart_{name} AS {sql}", _bind(sql, params))
+        con.execute(inline(f"CREATE OR REPLACE TEMP TABLE mart_{name} AS {sql}", params))
     return retired
 
 
@@ -197,7 +195,7 @@ def plan(
     with transaction(con):
         note_plan(con, as_of)
         for name in MARTS:
-            con.execute(f"DELETE FROM marts.{name} WHERE as_of = ?", [as_of])
+            con.execute(f"DELETE FROM marts.{name} WHERE as_of = {literal(as_of)}")
             con.execute(f"INSERT INTO marts.{name} BY NAME SELECT * FROM mart_{name}")
         if segments:
             result.segments_written = refresh_segments(con, as_of)
@@ -213,11 +211,10 @@ def plan(
             "SELECT coalesce(channel, 'none'), count(*) FROM mart_visit_tasks GROUP BY 1 ORDER BY 2 DESC"
         ).fetchall())
         result.seconds = time.perf_counter() - started
-        con.execute(
-            "INSERT INTO ops.plan_runs VALUES (?, now(), ?, ?, ?, ?, ?)",
-            [as_of, backfill_key, result.unpaid_orders, result.decisions.get("remind", 0), result.visit_tasks,
-             result.seconds],
-        )
+        con.execute(inline(
+            "INSERT INTO ops.plan_runs VALUES ($t, now(), $key, $unpaid, $remind, $tasks, $seconds)",
+            {"t": as_of, "key": backfill_key, "unpaid": result.unpaid_orders, "remind": result.decisions.get("remind", 0),
+             "tasks": result.visit_tasks, "seconds": result.seconds}))
     return result
 
 
@@ -235,26 +232,26 @@ def refresh_segments(con: duckdb.DuckDBPyConnection, as_of: datetime) -> bool:
         model = "\n".join(line for line in model.splitlines() if not line.rstrip().endswith("-- scoped"))
         con.execute("DELETE FROM ops.segment_rows")
     else:
-        con.execute(
+        con.execute(inline(
             "CREATE OR REPLACE TEMP TABLE segment_scope AS "
             "SELECT shop_id, customer_id FROM staging.orders "
             "WHERE (paid_at > $t0 AND paid_at <= $t) OR (refunded_at > $t0 AND refunded_at <= $t) OR _ingest_id > $i0 "
             "UNION SELECT shop_id, customer_id FROM staging.customers WHERE _ingest_id > $i0 "
             "UNION SELECT shop_id, customer_id FROM ops.segment_dirty",
             {"t0": state[0], "t": as_of, "i0": state[1]},
-        )
+        ))
         con.execute("DELETE FROM ops.segment_rows AS r USING segment_scope AS s "
                     "WHERE r.shop_id = s.shop_id AND r.customer_id = s.customer_id")
-    con.execute(f"INSERT INTO ops.segment_rows BY NAME {model}", {"as_of": as_of})
+    con.execute(inline(f"INSERT INTO ops.segment_rows BY NAME {model}", {"as_of": as_of}))
     con.execute("DELETE FROM ops.segment_state")
-    con.execute("INSERT INTO ops.segment_state VALUES (?, ?)", [as_of, last_ingest])
+    con.execute(f"INSERT INTO ops.segment_state VALUES ({literal(as_of)}, {literal(last_ingest)})")
     con.execute("DELETE FROM ops.segment_dirty")
     return True
 
 
 def planned_times(con: duckdb.DuckDBPyConnection, backfill_key: str) -> set[datetime]:
     """The T a backfill with this key has already planned (a re-run skips them)."""
-    rows = con.execute("SELECT DISTINCT as_of FROM ops.plan_runs WHERE backfill_key = ?", [backfill_key]).fetchall()
+    rows = con.execute(f"SELECT DISTINCT as_of FROM ops.plan_runs WHERE backfill_key = {literal(backfill_key)}").fetchall()
     return {r[0] for r in rows}
 
 
@@ -300,7 +297,7 @@ def _in(values: list[datetime]) -> str:
 
 def _temp(con: duckdb.DuckDBPyConnection, name: str, sql: str, params: dict | None = None) -> int:
     """Materialise `sql` as the temp table `name`; its row count."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", _bind(sql, params or {}))
+    con.execute(inline(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}", params or {}))
     return con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
 
 
@@ -317,8 +314,8 @@ def note_plan(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     state = con.execute("SELECT as_of FROM ops.report_state").fetchone()
     if state is None:
         return                                     # no refresh yet: the next one rebuilds
-    con.execute("INSERT INTO ops.report_pending SELECT $t WHERE NOT EXISTS "
-                "(SELECT 1 FROM ops.report_pending WHERE as_of = $t)", {"t": as_of})
+    con.execute(inline("INSERT INTO ops.report_pending SELECT $t WHERE NOT EXISTS "
+                       "(SELECT 1 FROM ops.report_pending WHERE as_of = $t)", {"t": as_of}))
     if as_of > state[0]:
         return
     con.execute(
@@ -356,13 +353,13 @@ def refresh_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, *, full: bo
         _update_reports(con, as_of, state[0], state[1], last_ingest)
         how = "incremental"
         for name in REPORTS:
-            con.execute(f"UPDATE marts.{name} SET as_of = $t WHERE as_of <> $t", {"t": as_of})
+            con.execute(inline(f"UPDATE marts.{name} SET as_of = $t WHERE as_of <> $t", {"t": as_of}))
     con.execute("DELETE FROM ops.report_buckets")
     con.execute("INSERT INTO ops.report_buckets SELECT * FROM report_buckets_now")
-    con.execute("DELETE FROM ops.report_pending WHERE as_of <= ?", [as_of])
+    con.execute(f"DELETE FROM ops.report_pending WHERE as_of <= {literal(as_of)}")
     con.execute("DELETE FROM ops.report_gone")
     con.execute("DELETE FROM ops.report_state")
-    con.execute("INSERT INTO ops.report_state VALUES (?, ?, ?)", [as_of, last_ingest, shops_key])
+    con.execute(f"INSERT INTO ops.report_state VALUES ({literal(as_of)}, {literal(last_ingest)}, {literal(shops_key)})")
     return how
 
 
@@ -371,7 +368,7 @@ def _rebuild_reports(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     params = {"as_of": as_of}
     for name in REPORTS:
         con.execute(f"DELETE FROM marts.{name}")
-        con.execute(f"INSERT INTO marts.{name} BY NAME {sql_text(f'marts/{name}.sql')}", params)
+        con.execute(inline(f"INSERT INTO marts.{name} BY NAME {sql_text(f'marts/{name}.sql')}", params))
     for table in REPORT_STATE:
         con.execute(f"DELETE FROM {table}")
     _temp(con, "report_task_rows", "SELECT as_of, shop_id, order_id, channel FROM marts.visit_tasks "
@@ -384,14 +381,14 @@ def _rebuild_reports(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     _temp(con, "effect_message_rows", f"SELECT {EFFECT_MESSAGE_COLUMNS} "
           "FROM ops.messages WHERE purpose = 'payment_reminder' AND order_id IS NOT NULL")
     sql = sql_text("marts/effect_reminders.sql")
-    con.execute(f"INSERT INTO ops.effect_reminders BY NAME {sql}", _bind(sql, params))
+    con.execute(inline(f"INSERT INTO ops.effect_reminders BY NAME {sql}", params))
     _temp(con, "effect_holdout_rows", f"SELECT {EFFECT_HOLDOUT_COLUMNS} FROM marts.reminder_decisions "
           "WHERE reason = 'holdout'")
     sql = sql_text("marts/effect_holdouts.sql")
-    con.execute(f"INSERT INTO ops.effect_holdouts BY NAME {sql}", _bind(sql, params))
+    con.execute(inline(f"INSERT INTO ops.effect_holdouts BY NAME {sql}", params))
     _temp(con, "effect_scope", "SELECT order_id FROM ops.effect_reminders UNION SELECT order_id FROM ops.effect_holdouts")
     sql = sql_text("marts/effect_rows.sql")
-    con.execute(f"INSERT INTO ops.effect_rows BY NAME {sql}", _bind(sql, params))
+    con.execute(inline(f"INSERT INTO ops.effect_rows BY NAME {sql}", params))
 
 
 # the orders planned in a period before its latest T (ops.feedback_tasks) and that T (ops.feedback_latest): each
@@ -483,7 +480,7 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
     """The incremental refresh from T0 to T (see above)."""
     params = {"as_of": as_of}
     pending = [r[0] for r in con.execute(
-        "SELECT DISTINCT as_of FROM ops.report_pending WHERE as_of <= ? ORDER BY 1", [as_of]).fetchall()]
+        f"SELECT DISTINCT as_of FROM ops.report_pending WHERE as_of <= {literal(as_of)} ORDER BY 1").fetchall()]
     _temp(con, "report_pending_now", "SELECT DISTINCT as_of FROM ops.report_pending WHERE as_of <= $as_of", params)
 
     # visit tasks: the pending T's merged into each period's latest T and the orders planned there before it
@@ -570,7 +567,7 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
         _temp(con, "effect_holdout_rows", f"SELECT {EFFECT_HOLDOUT_COLUMNS} FROM marts.reminder_decisions "
               "WHERE reason = 'holdout' AND order_id IN (SELECT order_id FROM report_gone_holdouts)")
         sql = sql_text("marts/effect_holdouts.sql")
-        con.execute(f"INSERT INTO ops.effect_holdouts BY NAME {sql}", _bind(sql, params))
+        con.execute(inline(f"INSERT INTO ops.effect_holdouts BY NAME {sql}", params))
 
     # reminder_effect_segments: the orders whose row can differ, and the days they counted and count on
     scope = ["SELECT order_id FROM effect_reminders_new", "SELECT order_id FROM effect_holdouts_new",
@@ -589,7 +586,7 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
                     "EXCEPT SELECT shop_id, day FROM effect_days")
         for name in ("reminder_effect_segments", "reminder_variants"):
             con.execute(f"DELETE FROM marts.{name} AS e USING effect_days AS d WHERE e.shop_id = d.shop_id AND e.day = d.day")
-            con.execute(f"INSERT INTO marts.{name} BY NAME {sql_text(f'marts/{name}_days.sql')}", params)
+            con.execute(inline(f"INSERT INTO marts.{name} BY NAME {sql_text(f'marts/{name}_days.sql')}", params))
 
     # feedback_summary: the periods of the days above
     lo, hi = con.execute("SELECT min(period_start), max(period_start) FROM report_periods").fetchone()
@@ -600,4 +597,4 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
         con.execute("DELETE FROM marts.feedback_summary AS f USING report_periods AS p WHERE f.shop_id = p.shop_id "
                     "AND f.period = p.period AND f.period_start = p.period_start")
         sql = sql_text("marts/feedback_periods.sql")
-        con.execute(f"INSERT INTO marts.feedback_summary BY NAME {sql}", _bind(sql, bounds))
+        con.execute(inline(f"INSERT INTO marts.feedback_summary BY NAME {sql}", bounds))

@@ -8,12 +8,19 @@ For each `orders:weeks`: the data (once, under --work), an ingest and a first pl
 without the validation suites: what is measured here is the plan), then `crm plan --as-of` T + 1 h, T + 2 h
 and T + 3 h (a local Prefect server running, as after the first command). Printed: the work at T (unpaid
 orders, visit tasks), each plan's wall time, and the time the plan itself took (its own line "planned in").
+
+`--against DIR` (a checkout of older code, e.g. `git worktree add /tmp/old HEAD~1`): each plan at a new T is
+also made by that code, on a copy of the same file after the first plan, one after the other with this code's,
+so both see the same machine.
+
+    .venv/bin/python bench/bench_history.py --sizes 1000000:26 10000000:260 --against /tmp/old
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -47,12 +54,29 @@ print(json.dumps({{"ingest_seconds": i, "first_plan_seconds": time.perf_counter(
 """
 
 
+def plan_at(db: Path, config: Path, at, env: dict) -> dict:
+    """`crm plan --as-of at` on `db` (with `env`: PYTHONPATH for the older code); its wall time and what it printed."""
+    t = time.perf_counter()
+    done = subprocess.run([str(CRM), "--db", str(db), "--config", str(config), "plan", "--as-of", at.isoformat()],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200", **env})
+    wall = time.perf_counter() - t
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    own = re.search(r"planned in ([\d.]+) s", done.stdout)
+    unpaid = re.search(r"([\d,]+) unpaid orders", done.stdout)
+    visits = re.search(r"([\d,]+) follow-up visits due", done.stdout)
+    return {"wall_seconds": wall, "plan_seconds": float(own[1]) if own else None,
+            "unpaid": unpaid[1] if unpaid else None, "visits": visits[1] if visits else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["1000000:26", "10000000:260", "30000000:780"])
     parser.add_argument("--shops", type=int, default=200)
     parser.add_argument("--work", type=Path, default=Path("/tmp/crm-bench"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--against", type=Path, default=None, metavar="DIR",
+                        help="a checkout of older code: its plans at the same new T, on a copy of the file")
     args = parser.parse_args()
     from bench import generate
 
@@ -72,28 +96,31 @@ def main() -> None:
         if out.returncode:
             raise SystemExit(out.stderr[-3000:])
         row = {"orders": orders, "weeks": weeks, **json.loads(out.stdout.strip().splitlines()[-1]), "plans": []}
-        subprocess.run([str(CRM), "--db", str(db), "server", "start"], check=True, capture_output=True)
+        codes = {"plans": (db, {})}
+        if args.against:
+            old_db = data / "crm-against.duckdb"
+            for p in (old_db, Path(f"{old_db}.wal"), data / "crm-against.analytics.duckdb"):
+                p.unlink(missing_ok=True)
+            shutil.copyfile(db, old_db)
+            codes["plans_against"] = (old_db, {"PYTHONPATH": str(args.against.resolve())})
+            row["against"] = str(args.against)
+        for key, (path, env) in codes.items():
+            row[key] = []
+            subprocess.run([str(CRM), "--db", str(path), "server", "start"], check=True, capture_output=True,
+                           env={**os.environ, **env})
         try:
             for h in (1, 2, 3):
-                t = time.perf_counter()
-                done = subprocess.run([str(CRM), "--db", str(db), "--config", str(config), "plan", "--as-of",
-                                       (anchor + timedelta(hours=h)).isoformat()], capture_output=True, text=True,
-                                      env={**__import__("os").environ, "COLUMNS": "200"})
-                wall = time.perf_counter() - t
-                if done.returncode:
-                    raise SystemExit(done.stderr[-3000:])
-                own = re.search(r"planned in ([\d.]+) s", done.stdout)
-                unpaid = re.search(r"([\d,]+) unpaid orders", done.stdout)
-                visits = re.search(r"([\d,]+) follow-up visits due", done.stdout)
-                row["plans"].append({"wall_seconds": wall, "plan_seconds": float(own[1]) if own else None,
-                                     "unpaid": unpaid[1] if unpaid else None, "visits": visits[1] if visits else None})
+                for key, (path, env) in codes.items():
+                    row[key].append(plan_at(path, config, anchor + timedelta(hours=h), env))
         finally:
-            subprocess.run([str(CRM), "--db", str(db), "server", "stop"], capture_output=True)
+            for key, (path, env) in codes.items():
+                subprocess.run([str(CRM), "--db", str(path), "server", "stop"], capture_output=True, env={**os.environ, **env})
         results.append(row)
-        best = min(row["plans"], key=lambda p: p["wall_seconds"])
-        print(f"{orders:>11,} orders over {weeks:>3} weeks: first plan {row['first_plan_seconds']:.1f} s; plan at a "
-              f"new T {best['wall_seconds']:.2f} s (the plan itself {best['plan_seconds']} s; unpaid at T "
-              f"{best['unpaid']}, visits {best['visits']})", flush=True)
+        for key in codes:
+            best = min(row[key], key=lambda p: p["wall_seconds"])
+            print(f"{orders:>11,} orders over {weeks:>3} weeks{' (--against)' if key != 'plans' else ''}: first plan "
+                  f"{row['first_plan_seconds']:.1f} s; plan at a new T {best['wall_seconds']:.2f} s (the plan itself "
+                  f"{best['plan_seconds']} s; unpaid at T {best['unpaid']}, visits {best['visits']})", flush=True)
     (args.out or args.work / "history.json").write_text(json.dumps(results, indent=2))
 
 

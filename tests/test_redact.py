@@ -93,15 +93,12 @@ def test_emails_too():
     assert redact("to Zhang.San+shop@Example.COM.cn, ok") == "to Z***@E***.cn, ok"
 
 
-def test_speed_of_a_failure_line():
-    """redact runs on every failure line a dispatch logs: far below a millisecond for a typical one."""
-    import time
-
+def test_every_failure_line_of_a_dispatch_is_masked_and_keeps_its_words():
+    """redact runs on every failure line a dispatch logs (its speed is measured in bench/bench_redact.py, not here)."""
     lines = [f"message payment_reminder:s1-o{i:06d}: 400 invalid number 137-1527-{i % 10000:04d}" for i in range(2000)]
-    start = time.perf_counter()
     out = [redact(line) for line in lines]
-    assert (time.perf_counter() - start) / len(lines) < 1e-3
-    assert all("****" in line for line in out)
+    assert all(line.endswith("400 invalid number 137****" + f"{i % 10000:04d}"[-2:]) for i, line in enumerate(out))
+    assert all(f"s1-o{i:06d}" in line for i, line in enumerate(out))
 
 
 def test_log_records_are_redacted_wherever_they_are_logged(caplog):

@@ -444,10 +444,9 @@ def sync_shops(con: duckdb.DuckDBPyConnection, settings) -> None:
         con.execute("DELETE FROM ops.shops_fingerprint")
         con.execute(f"INSERT INTO ops.shops_fingerprint VALUES ({literal(fingerprint)})")
     shop_macros(con, [(s.shop_id, s.timezone) for s in settings.shops])
-    # the staging SQL's phone functions (crm_e164, crm_phone_problem: Python UDFs), on every connection that
-    # stages: staging needs the shop macros above, so it never runs on a connection this has not set up.
-    # Then, once per database, phones stored before E.164 are converted
-    phones.register(con)
+    # once per database, phones stored before E.164 are converted. The staging SQL's phone functions (crm_e164,
+    # crm_phone_problem: Python UDFs) are made where they are used: by the ingest before it stages
+    # (transforms/ingest.py) and by that conversion; making them imports numpy (~0.2 s), which a plan needs not
     if con.execute("SELECT current_database()").fetchone()[0] != "lake":   # a lake is E.164 from its start
         phones.convert_stored(con)
 

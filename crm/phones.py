@@ -222,6 +222,7 @@ def convert_stored(con) -> None:
                        "AND table_name = 'customers' AND column_name = 'phone'").fetchone()
     if done is None or done[0] == _STORED:
         return
+    register(con)
     con.execute("""
         UPDATE staging.customers AS c SET phone = coalesce(crm_e164(c.phone, shops.phone_region), c.phone)
         FROM ops.shops AS shops

@@ -104,15 +104,35 @@ def test_each_shop_places_national_numbers_in_its_own_country(con, landing):
         ("email", "+12125550199"), ("sms", "+12125550123"), ("sms", "+862125550199")]
 
 
-def test_the_staging_functions_exist_on_every_connection_that_stages(db_path, config_path):
+@pytest.fixture
+def con(con):
+    """The shared connection with the staging SQL's phone functions: the ingest makes them before it stages (the
+    tests below call them directly)."""
+    phones.register(con)
+    return con
+
+
+def test_the_staging_functions_are_made_where_staging_runs(db_path, config_path, landing):
+    """A plan's connection (connect + sync_shops) has no phone functions: making them imports numpy (~0.2 s). The
+    ingest makes them before it stages, again on the same connection without an error."""
     from crm.config import load_settings
 
     c = connect(db_path)
+    sync_shops(c, load_settings(config_path))     # a new file's first connection converts its (no) stored numbers
+    c.close()
+    c = connect(db_path)
     sync_shops(c, load_settings(config_path))
+    with pytest.raises(duckdb.CatalogException, match="crm_phone_problem"):
+        c.execute("SELECT crm_phone_problem('12', 'CN')")
+    landing.csv("customers", "c.csv", [customer("cn", phone="+86 137 5733 3573")])
+    load(c, landing.root)
+    assert c.execute("SELECT phone FROM staging.customers").fetchone() == ("+8613757333573",)
     assert c.execute("SELECT crm_e164('+86 137 5733 3573', 'US'), crm_e164(NULL, 'CN'), crm_e164('x', NULL), "
                      "crm_phone_problem('13757333573', 'CN'), crm_phone_problem('12', 'CN')").fetchone() == (
         "+8613757333573", None, None, None, "unparsable phone: too short for a +86 number (2 digits)")
-    sync_shops(c, load_settings(config_path))                 # again on the same connection: no error
+    landing.csv("customers", "c2.csv", [customer("cn2", phone="13812345678")])
+    load(c, landing.root)                                     # again on the same connection: no error
+    assert c.execute("SELECT count(*) FROM staging.customers").fetchone() == (2,)
     c.close()
 
 

@@ -43,6 +43,7 @@ from typing import Callable
 
 import duckdb
 
+from crm import phones
 from crm.db import repeated_keys_sql, sql_text, staging_zone_macros, transaction
 from crm.storage import layout
 
@@ -867,6 +868,7 @@ def load(
     result = IngestResult(None, Path(landing_dir), len(all_files), len(new), ignored=ignored)
     if not new:
         return result
+    phones.register(con)            # the staging SQL's crm_e164 and crm_phone_problem (again: a no-op)
     if validate is not None and hasattr(validate, "warm_up"):
         validate.warm_up()          # GX's import and context, on a thread, while DuckDB lands and stages
     scratch = tempfile.TemporaryDirectory(prefix="crm-ingest-")

@@ -13,6 +13,7 @@ import time
 
 from prefect import flow, get_run_logger, task
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 
 from crm.config import DEFAULT_CONFIG, DEFAULT_DB, load_settings
 from flows.partition import limit_name
@@ -62,6 +63,14 @@ def _wait(ids: dict, wait_seconds: float) -> dict[int, str]:
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
+def child_key(step: str, partition: int) -> str:
+    """The idempotency key of this group run's (and attempt's) run of `step` for `partition`. Prefect's client sends a
+    request again after a read timeout, which a loaded server can give after it has made the run: with the key the
+    server answers the second request with that run, where it would otherwise start a second run of the
+    partition (seen once under load: two ingest-p0 runs of one group-ingest)."""
+    return f"{flow_run.id}:{flow_run.run_count}:{step}:p{partition}"
+
+
 @flow(name="group")
 def group_flow(step: str = "dispatch", db: str = DEFAULT_DB, config: str = DEFAULT_CONFIG, as_of: str | None = None,
                landing_root: str | None = None, wait_seconds: int = 3600) -> dict:
@@ -87,7 +96,7 @@ def group_flow(step: str = "dispatch", db: str = DEFAULT_DB, config: str = DEFAU
         if step in ("plan", "dispatch") and as_of:
             parameters["as_of"] = as_of
         runs[k] = run_deployment(STEPS[step], parameters=parameters, timeout=0,
-                                 flow_run_name=f"{step}-p{k}")
+                                 flow_run_name=f"{step}-p{k}", idempotency_key=child_key(step, k))
     logger.info("group %s: %d partition runs started", step, len(runs))
     states = _wait({k: r.id for k, r in runs.items()}, wait_seconds)
     failed = {k: s for k, s in states.items() if s != "COMPLETED"}

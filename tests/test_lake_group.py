@@ -39,6 +39,12 @@ def test_the_group_flows_fan_out_over_the_partitions_on_workers(postgres, tmp_pa
                        json={"parameters": parameters, "idempotency_key": f"{name}-{uuid.uuid4()}"}).json()
             states[name] = wait_until_final(client, run["id"], timeout=420)
             assert states[name] == "COMPLETED", (name, states, _logs(client))
+            # one run per partition, each made with its group run's idempotency key (a create request Prefect's
+            # client sends again after a read timeout returns the same run: flows/group.py child_key)
+            step = name.removeprefix("group-")
+            children = call(client, "POST", "/flow_runs/filter", json={"flow_runs": {"name": {"like_": f"{step}-p"}}}).json()
+            assert sorted(c["name"] for c in children) == [f"{step}-p{k}" for k in range(4)], children
+            assert {c["idempotency_key"] for c in children} == {f"{run['id']}:1:{step}:p{k}" for k in range(4)}
         limits = {c["name"]: c["limit"] for c in call(client, "POST", "/v2/concurrency_limits/filter", json={}).json()}
     assert {f"crm-partition-{k}": 1 for k in range(4)}.items() <= limits.items()
     keys = [key for _, key, status in gateway.requests if status == 200]

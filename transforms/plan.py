@@ -136,8 +136,6 @@ def template_variants(root: Path | None = None) -> list[str]:
 # the plan
 
 
-
-
 def check_shops(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """The retired shops that have orders (shop -> orders). A shop with orders in the database that the
     configuration neither configures nor retires stops the plan (PlanError): its orders would silently
@@ -286,13 +284,8 @@ REPORT_STATE = ["ops.feedback_latest", "ops.feedback_tasks", "ops.effect_reminde
                 "ops.effect_rows"]
 
 
-def _ts(value: datetime) -> str:
-    """A TIMESTAMPTZ literal (for filters DuckDB can prune row groups with)."""
-    return f"TIMESTAMPTZ '{value.astimezone(timezone.utc).isoformat()}'"
-
-
 def _in(values: list[datetime]) -> str:
-    return ", ".join(_ts(v) for v in values)
+    return ", ".join(literal(v) for v in values)
 
 
 def _temp(con: duckdb.DuckDBPyConnection, name: str, sql: str, params: dict | None = None) -> int:
@@ -320,11 +313,11 @@ def note_plan(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
         return
     con.execute(
         "INSERT INTO ops.report_gone SELECT 'task', old.as_of, old.shop_id, old.order_id "
-        f"FROM marts.visit_tasks AS old WHERE old.as_of = {_ts(as_of)} AND NOT EXISTS "
+        f"FROM marts.visit_tasks AS old WHERE old.as_of = {literal(as_of)} AND NOT EXISTS "
         "(SELECT 1 FROM mart_visit_tasks AS new WHERE new.shop_id = old.shop_id AND new.order_id = old.order_id)")
     con.execute(
         "INSERT INTO ops.report_gone SELECT 'holdout', old.as_of, old.shop_id, old.order_id "
-        f"FROM marts.reminder_decisions AS old WHERE old.as_of = {_ts(as_of)} AND {COUNTED_HOLDOUT.format(d='old')} "
+        f"FROM marts.reminder_decisions AS old WHERE old.as_of = {literal(as_of)} AND {COUNTED_HOLDOUT.format(d='old')} "
         "AND NOT EXISTS (SELECT 1 FROM mart_reminder_decisions AS new WHERE new.shop_id = old.shop_id "
         f"AND new.order_id = old.order_id AND {COUNTED_HOLDOUT.format(d='new')})")
 
@@ -372,7 +365,7 @@ def _rebuild_reports(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     for table in REPORT_STATE:
         con.execute(f"DELETE FROM {table}")
     _temp(con, "report_task_rows", "SELECT as_of, shop_id, order_id, channel FROM marts.visit_tasks "
-          f"WHERE as_of <= {_ts(as_of)}")
+          f"WHERE as_of <= {literal(as_of)}")
     _temp(con, "report_merged", sql_text("marts/feedback_tasks.sql"))
     con.execute("INSERT INTO ops.feedback_latest SELECT shop_id, period, period_start, max(as_of) FROM report_merged "
                 "GROUP BY ALL")
@@ -416,7 +409,7 @@ def _next_tasks(con: duckdb.DuckDBPyConnection, at: datetime) -> None:
     """The visit tasks of one T later than every T counted: T becomes the latest T of each shop's day and week
     it has tasks in; the orders planned at the period's previous latest T but not at T are kept with that task,
     and those kept before that are planned at T drop out (their latest task is now T's)."""
-    t = _ts(at)
+    t = literal(at)
     at_t = f"SELECT 1 FROM marts.visit_tasks AS n WHERE n.as_of = {t} AND n.shop_id = {{a}}.shop_id AND n.order_id = {{a}}.order_id"
     _temp(con, "report_latest_new", f"""
         SELECT s.shop_id, p.period, p.period_start, {t} AS as_of
@@ -468,7 +461,7 @@ def _gone_tasks(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     lo = con.execute("SELECT min(period_start) FROM report_gone_keys").fetchone()[0]
     since = datetime.combine(lo, datetime.min.time(), timezone.utc) - timedelta(days=2)
     _temp(con, "report_task_rows", "SELECT as_of, shop_id, order_id, channel FROM marts.visit_tasks "
-          f"WHERE as_of BETWEEN {_ts(since)} AND {_ts(as_of)} AND order_id IN (SELECT order_id FROM report_gone_keys)")
+          f"WHERE as_of BETWEEN {literal(since)} AND {literal(as_of)} AND order_id IN (SELECT order_id FROM report_gone_keys)")
     _temp(con, "report_gone_latest", f"SELECT n.* FROM ({sql_text('marts/feedback_tasks.sql')}) AS n "
           "SEMI JOIN report_gone_keys AS k ON " + TASK_KEYS.format(a="n", b="k"))
     con.execute("DELETE FROM ops.feedback_tasks AS f USING report_gone_keys AS k WHERE " + TASK_KEYS.format(a="f", b="k"))
@@ -538,8 +531,8 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
     # reminders: those of the changed days and of the window, merged per order
     changed = con.execute("SELECT min(day), max(day) FROM report_changed WHERE source = 'messages:payment_reminder'").fetchone()
     rows = [f"SELECT {EFFECT_MESSAGE_COLUMNS} FROM ops.messages "
-            f"WHERE purpose = 'payment_reminder' AND order_id IS NOT NULL AND created_at > {_ts(t0)} "
-            f"AND created_at <= {_ts(as_of)}"]
+            f"WHERE purpose = 'payment_reminder' AND order_id IS NOT NULL AND created_at > {literal(t0)} "
+            f"AND created_at <= {literal(as_of)}"]
     if changed[0] is not None:
         lo = datetime.combine(changed[0], datetime.min.time(), timezone.utc)
         hi = datetime.combine(changed[1], datetime.min.time(), timezone.utc) + timedelta(days=1)
@@ -547,7 +540,7 @@ def _update_reports(con: duckdb.DuckDBPyConnection, as_of: datetime, t0: datetim
                     "SEMI JOIN (SELECT shop_id, day FROM report_changed WHERE source = 'messages:payment_reminder') AS c "
                     "ON c.shop_id = m.shop_id AND c.day = timezone('UTC', m.created_at)::DATE "
                     f"WHERE m.purpose = 'payment_reminder' AND m.order_id IS NOT NULL "
-                    f"AND m.created_at >= {_ts(lo)} AND m.created_at < {_ts(hi)}")
+                    f"AND m.created_at >= {literal(lo)} AND m.created_at < {literal(hi)}")
     _temp(con, "effect_message_rows", " UNION ALL ".join(rows))
     if _temp(con, "effect_reminders_new", sql_text("marts/effect_reminders.sql"), params):
         con.execute("DELETE FROM ops.effect_reminders AS r USING effect_reminders_new AS n "

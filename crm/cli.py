@@ -873,9 +873,12 @@ def storage_sql(
         except StorageError as e:
             fail(str(e), 1)
     else:
-        from crm.db import connect
+        from crm.db import analytics_ready, connect
 
         copy = analytics_path(STATE.db)
+        if not analytics_ready(STATE.db):
+            print("the analysts' copy after the latest run is still on its way (a run holds the file); "
+                  "reading the previous one", file=sys.stderr)
         try:
             con = connect(copy if copy.exists() else STATE.db, read_only=True)
         except FileNotFoundError as e:

@@ -394,6 +394,9 @@ class Storage(_Strict):
     # ducklake: the shops split into this many partitions, each a lake of its own that one worker at a time writes
     # (crm/storage/partitions.py); a command names its partition (--partition / CRM_PARTITION)
     partitions: int = Field(1, ge=1, le=1024)
+    # duckdb: from a file this big (MiB) on, the analysts' copy after a run is made in the background, just after
+    # the run closes the file (copying takes ~1.6 s per GB here); 0: always in the background
+    analytics_copy_background_mb: int = Field(256, ge=0)
     s3: S3 = S3()
 
     @field_validator("catalog")

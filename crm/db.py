@@ -8,15 +8,14 @@ time, so a writer that meets a lock waits and retries for a while before giving 
 from __future__ import annotations
 
 import fcntl
-import glob
 import hashlib
 import json
 import math
 import os
 import re
-import shutil
 import struct
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
@@ -288,10 +287,11 @@ def connect_storage(db: str | Path, settings, *, read_only: bool = False, wait_s
 
 
 def publish(con: duckdb.DuckDBPyConnection, db: str | Path, settings) -> None:
-    """After a run: the analysts' copy of the DuckDB file (publish_snapshot). The lake needs none: every process
-    reads it as it is, each query seeing one committed snapshot."""
+    """After a run: the analysts' copy of the DuckDB file (publish_snapshot), in the background from
+    `[storage] analytics_copy_background_mb`. The lake needs none: every process reads it as it is, each query
+    seeing one committed snapshot."""
     if settings.storage.kind == "duckdb":
-        publish_snapshot(con, db)
+        publish_snapshot(con, db, background_from=settings.storage.analytics_copy_background_mb << 20)
 
 
 def analytics_path(db: str | Path) -> Path:
@@ -300,57 +300,64 @@ def analytics_path(db: str | Path) -> Path:
     return db.with_name(f"{db.stem}.analytics{db.suffix or '.duckdb'}")
 
 
-def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path) -> Path:
-    """Copy the database for analysts after a run. The copy is taken while this process still holds the
-    file (no other writer can change it), after a CHECKPOINT (the file is complete without its WAL), and
-    swapped in by rename: an analyst who has the previous copy open keeps reading it undisturbed."""
+_COPIER = Path(__file__).with_name("analytics_copy.py")
+
+
+def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path, *, background_from: int | None = None) -> Path:
+    """Copy the database for analysts after a run, after a CHECKPOINT (the file is complete without its WAL), by a
+    process of its own (crm/analytics_copy.py: a copy made here would drop this process's DuckDB lock), swapped in
+    by rename: an analyst who has the previous copy open keeps reading it undisturbed.
+
+    A file under `background_from` bytes (None: any file) is copied now, while this process holds it. A bigger one
+    is copied just after this process closes it, by a process that keeps writers out until the copy is made; this
+    one does not wait for it. If such a copy is already waiting for the file, it will copy this run's state too."""
     target = analytics_path(db)
     con.execute("CHECKPOINT")
-    tmp = target.with_name(target.name + ".tmp")
-    _copy_allocated(Path(db), tmp)
-    # the previous copy is freed by a process of its own: on ext4, freeing a 1 GB file's blocks takes ~0.5 s,
-    # which the rename would otherwise spend in this command (an analyst reading it keeps it open regardless)
-    try:
-        os.link(target, target.with_name(f"{target.name}.old-{os.getpid()}-{time.monotonic_ns()}"))
-    except OSError:
-        pass                                  # no previous copy (or no hard links here): the rename frees it
-    os.replace(tmp, target)
-    stale = sorted(str(p) for p in target.parent.glob(f"{glob.escape(target.name)}.old-*"))
-    if stale:
-        try:
-            subprocess.Popen(["rm", "-f", "--", *stale], start_new_session=True, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError:
-            for p in stale:
-                Path(p).unlink(missing_ok=True)
-    return target
+    command = [sys.executable, "-I", str(_COPIER)]
+    if background_from is None or os.path.getsize(db) < background_from:
+        done = subprocess.run([*command, "now", str(db), str(target)], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise OSError((done.stderr.strip().splitlines() or ["the analysts' copy failed"])[-1])
+        return target
+    from crm.analytics_copy import pending_path
+
+    with open(pending_path(target), "a+") as pending:
+        for _ in range(20):                   # a reader's probe holds it for microseconds
+            try:
+                fcntl.flock(pending, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.01)
+        else:
+            return target                     # a copy waits for this file already: it will copy this run's state
+        subprocess.Popen([*command, "after", str(db), str(target), str(pending.fileno())], pass_fds=(pending.fileno(),),
+                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    return target                             # the child holds the pending lock now (the same open file)
 
 
-def _copy_allocated(src: Path, dst: Path) -> None:
-    """Copy `src` to `dst` with dst's blocks allocated before the bytes are written (fallocate). On ext4 (and
-    other file systems that allocate lazily), renaming a file over another makes the kernel allocate the blocks
-    of the renamed file's unwritten data at the rename (auto_da_alloc): ~0.4 s for a 1 GB copy, spent in this
-    command. Preallocated, the rename is instant; the bytes and the time to copy them are the same."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        try:
-            os.posix_fallocate(fout.fileno(), 0, size)
-        except OSError:
-            pass                              # no preallocation here: the copy is the same, the rename may wait
-        done = 0
-        try:
-            while done < size:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done, done, done)
-                if n == 0:
+def analytics_ready(db: str | Path, wait_seconds: float = 60.0) -> bool:
+    """Wait while a copy of the file for analysts is on its way or being swapped in (publish_snapshot), up to
+    `wait_seconds`; False if one still was."""
+    from crm.analytics_copy import lock_path, pending_path
+
+    target = analytics_path(db)
+    deadline = time.monotonic() + wait_seconds
+    for path in (pending_path(target), lock_path(target)):
+        if not path.exists():
+            continue
+        with open(path, "a+") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    fcntl.flock(fh, fcntl.LOCK_UN)
                     break
-                done += n
-        except OSError:                       # no copy_file_range across these file systems: through Python
-            fin.seek(done)
-            fout.seek(done)
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            done = size
-        if done < size:                       # the source shrank: impossible while we hold it; refuse a short copy
-            raise OSError(f"copying {src.name} for the analysts stopped at {done} of {size} bytes")
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return False
+                    time.sleep(0.05)
+    return True
 
 
 @contextmanager

@@ -48,7 +48,7 @@ import uvloop
 from crm.channels import Outcome, SmtpSender, WebhookClient, send_webhook
 from crm.journal import SendJournal, in_doubt
 from crm.kannel import send_kannel
-from crm.db import DatabaseLocked, connect, publish_snapshot, session, shop_macros, sql_text, transaction
+from crm.db import DatabaseLocked, connect, publish, session, shop_macros, sql_text, transaction
 from crm.storage import layout
 from crm.redact import mask_email, mask_phone, redact
 from crm.render import Renderer, sms_segments
@@ -717,7 +717,7 @@ def dispatch_db(db: str | Path, settings, as_of: datetime, *, dry_run: bool = Fa
         opened = time.perf_counter()
         con = connect(db, setup=False)
         try:
-            publish_snapshot(con, db)
+            publish(con, db, settings)
         finally:
             con.close()
             held += time.perf_counter() - opened

@@ -1,0 +1,112 @@
+"""The analysts' copy of the DuckDB file (crm/analytics_copy.py): the run that publishes it keeps its lock on the
+file, and a big file's copy is made after the run, once, before any writer can change the file again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import crm
+from deploying import shop_with_orders
+from dispatching import T
+from planning import local
+
+from crm.db import analytics_path, analytics_ready, publish_snapshot
+
+
+def second_writer(db: Path) -> str:
+    """What another process gets when it opens `db` for writing."""
+    done = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({str(db)!r}); print('opened')"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or done.stderr.strip().splitlines()[-1]
+
+
+def copiers(db: Path) -> int:
+    """Copy processes (crm/analytics_copy.py) running for `db`."""
+    n = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        n += any(a.endswith(b"analytics_copy.py") for a in args) and str(db).encode() in args
+    return n
+
+
+def table(db: Path, rows: int) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(db))
+    con.execute(f"CREATE TABLE t AS SELECT range AS i, repeat('x', 200) || range AS s FROM range({rows})")
+    return con
+
+
+@pytest.mark.parametrize("background_from", [None, 0], ids=["copied now", "copied after the run"])
+def test_the_run_that_publishes_the_copy_keeps_its_lock_on_the_file(tmp_path, background_from):
+    # POSIX drops a process's DuckDB lock when it closes any descriptor of the file: a copy made in the writer's
+    # own process would let a second writer in while the run still has the file open
+    db = tmp_path / "shop.duckdb"
+    con = table(db, 1000)
+    publish_snapshot(con, db, background_from=background_from)
+    assert "Could not set lock" in second_writer(db)
+    con.execute("INSERT INTO t VALUES (-1, 'after the copy')")
+    con.close()
+    assert analytics_ready(db, wait_seconds=30)
+    assert second_writer(db) == "opened"
+
+
+def test_a_big_files_copy_is_made_once_after_the_run_closes_the_file(tmp_path):
+    db = tmp_path / "shop.duckdb"
+    con = table(db, 300000)
+    publish_snapshot(con, db)
+    copy = analytics_path(db)
+    con.execute("INSERT INTO t SELECT range, 'later' FROM range(1000)")
+    publish_snapshot(con, db, background_from=0)
+    con.execute("INSERT INTO t SELECT range, 'later still' FROM range(10)")
+    publish_snapshot(con, db, background_from=0)
+    assert copiers(db) == 1, "a copy already waits for the file: the second publish starts none"
+    assert not analytics_ready(db, wait_seconds=0.3), "readers are told a copy is on its way"
+    with duckdb.connect(str(copy), read_only=True) as analyst:
+        assert analyst.execute("SELECT count(*) FROM t").fetchone()[0] == 300000, "not before the run ends"
+    con.close()
+    assert analytics_ready(db, wait_seconds=30)
+    assert copy.read_bytes() == db.read_bytes()
+    with duckdb.connect(str(copy), read_only=True) as analyst:
+        assert analyst.execute("SELECT count(*) FILTER (s = 'later'), count(*) FILTER (s = 'later still') "
+                               "FROM t").fetchone() == (1000, 10), "the last publish's state is in the copy"
+    assert copiers(db) == 0
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_failed_copy_says_why_and_leaves_the_previous_one(tmp_path):
+    db = tmp_path / "shop.duckdb"
+    con = table(db, 1000)
+    copy = publish_snapshot(con, db)
+    before = copy.read_bytes()
+    con.execute("INSERT INTO t VALUES (-1, 'x')")
+    aside = tmp_path / "aside.duckdb"
+    copy.rename(aside)
+    copy.mkdir()                          # what the copy would replace is a folder: the rename cannot happen
+    with pytest.raises(OSError, match="analysts' copy"):
+        publish_snapshot(con, db)
+    copy.rmdir()
+    aside.rename(copy)
+    assert copy.read_bytes() == before
+    assert "failed" in copy.with_name(copy.name + ".log").read_text()
+    con.close()
+
+
+def test_crm_storage_sql_waits_for_a_copy_made_after_the_run(local_server, tmp_path):
+    db, config = local_server.parent / "background.duckdb", tmp_path / "shops.toml"
+    shop_with_orders(db, config, "http://127.0.0.1:9/send", 3)
+    config.write_text(config.read_text() + "\n[storage]\nanalytics_copy_background_mb = 0\n")
+    query = "SELECT count(DISTINCT as_of) AS times, count(*) AS decisions FROM marts.reminder_decisions"
+    for n, at in enumerate([T, local("2026-11-24 11:30")], start=1):
+        planned = crm("--db", str(db), "--config", str(config), "plan", "--as-of", at.isoformat(),
+                      env={"PREFECT_API_URL": ""})
+        assert planned.returncode == 0, planned.stderr
+        read = crm("--db", str(db), "--config", str(config), "storage", "sql", "--csv", query)
+        assert read.returncode == 0, read.stderr
+        assert read.stdout.splitlines() == ["times,decisions", f"{n},{3 * n}"], read.stdout

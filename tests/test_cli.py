@@ -35,10 +35,12 @@ HEAVY = {"prefect", "duckdb", "great_expectations", "polars", "pandas", "phonenu
 def test_help_is_instant_because_it_imports_nothing_heavy(args, heavy):
     """The help, typer's rich one (panels), without prefect, duckdb, crm.config (pydantic) or what typer's rich
     help would import only for markdown text and tracebacks (markdown-it, pygments)."""
-    code = ("import sys; sys.argv = ['crm', *sys.argv[1:]]\n"
+    # printed by an exit handler: main() ends the process itself, after the exit handlers (crm.cli._end)
+    code = ("import atexit, sys; sys.argv = ['crm', *sys.argv[1:]]\n"
+            f"atexit.register(lambda: print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(heavy)!r})), "
+            "file=sys.stderr))\n"
             "from crm.cli import main\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(heavy)!r})), file=sys.stderr)")
+            "main()\n")
     probe = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                            env={**os.environ, "COLUMNS": "100"})
     assert probe.stderr.strip() == "[]", probe.stderr

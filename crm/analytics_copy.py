@@ -85,6 +85,9 @@ def swap_in(src_fd: int, target: Path) -> None:
     """Write the copy under a name of its own and rename it over TARGET; the replaced copy's blocks are freed by an
     `rm` of its own (on ext4, freeing a 1 GB file takes ~0.5 s)."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    # under TARGET.lock no other copy is being written: any other one was left by a copier that was killed
+    for stale in target.parent.glob(f"{glob.escape(target.name)}.tmp*"):
+        stale.unlink(missing_ok=True)
     try:
         copy_allocated(src_fd, tmp)
         try:

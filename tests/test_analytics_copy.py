@@ -110,3 +110,15 @@ def test_crm_storage_sql_waits_for_a_copy_made_after_the_run(local_server, tmp_p
         read = crm("--db", str(db), "--config", str(config), "storage", "sql", "--csv", query)
         assert read.returncode == 0, read.stderr
         assert read.stdout.splitlines() == ["times,decisions", f"{n},{3 * n}"], read.stdout
+
+
+def test_a_copy_left_half_written_by_a_killed_copier_is_removed_by_the_next(tmp_path):
+    db = tmp_path / "shop.duckdb"
+    con = table(db, 1000)
+    copy = publish_snapshot(con, db)
+    left = copy.with_name(copy.name + ".tmp-999999")
+    left.write_bytes(b"half a copy")
+    con.execute("INSERT INTO t VALUES (-1, 'x')")
+    publish_snapshot(con, db)
+    assert not left.exists() and copy.read_bytes() == db.read_bytes()
+    con.close()

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import duckdb
 
-from crm import phones
+from crm import analytics_copy, phones
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -320,16 +320,9 @@ def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path, *, backgrou
         if done.returncode:
             raise OSError((done.stderr.strip().splitlines() or ["the analysts' copy failed"])[-1])
         return target
-    from crm.analytics_copy import pending_path
-
-    with open(pending_path(target), "a+") as pending:
-        for _ in range(20):                   # a reader's probe holds it for microseconds
-            try:
-                fcntl.flock(pending, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                time.sleep(0.01)
-        else:
+    with open(analytics_copy.pending_path(target), "a+") as pending:
+        # a reader's probe holds it for microseconds; a copier waiting for this file holds it until this run ends
+        if not _flock(pending, fcntl.LOCK_EX, 0.2, every=0.01):
             return target                     # a copy waits for this file already: it will copy this run's state
         subprocess.Popen([*command, "after", str(db), str(target), str(pending.fileno())], pass_fds=(pending.fileno(),),
                          start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -340,24 +333,34 @@ def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path, *, backgrou
 def analytics_ready(db: str | Path, wait_seconds: float = 60.0) -> bool:
     """Wait while a copy of the file for analysts is on its way or being swapped in (publish_snapshot), up to
     `wait_seconds`; False if one still was."""
-    from crm.analytics_copy import lock_path, pending_path
-
     target = analytics_path(db)
     deadline = time.monotonic() + wait_seconds
-    for path in (pending_path(target), lock_path(target)):
+    for path in (analytics_copy.pending_path(target), analytics_copy.lock_path(target)):
         if not path.exists():
             continue
         with open(path, "a+") as fh:
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        return False
-                    time.sleep(0.05)
+            if not _flock(fh, fcntl.LOCK_SH, deadline - time.monotonic()):
+                return False
+            fcntl.flock(fh, fcntl.LOCK_UN)
     return True
+
+
+def _flock(fh, op: int, wait_seconds: float, *, every: float = 0.05, on_wait=None) -> bool:
+    """flock(fh, op) without blocking, tried every `every` s for up to `wait_seconds` (at least once); `on_wait`
+    is called once, at the first refusal. False if it was never granted."""
+    deadline = time.monotonic() + wait_seconds
+    told = False
+    while True:
+        try:
+            fcntl.flock(fh, op | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if not told and on_wait:
+                on_wait()
+                told = True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(every)
 
 
 @contextmanager
@@ -367,19 +370,8 @@ def exclusive(lock_file: str | Path, *, wait_seconds: float, on_wait=None) -> It
     path = Path(lock_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        deadline = time.monotonic() + wait_seconds
-        told = False
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told and on_wait:
-                    on_wait()
-                    told = True
-                if time.monotonic() >= deadline:
-                    raise DatabaseLocked(f"{path}: still held by another run after {wait_seconds:.0f} s") from None
-                time.sleep(0.2)
+        if not _flock(fh, fcntl.LOCK_EX, wait_seconds, every=0.2, on_wait=on_wait):
+            raise DatabaseLocked(f"{path}: still held by another run after {wait_seconds:.0f} s")
         try:
             yield
         finally:

@@ -1,11 +1,12 @@
 """Definitions load: every flow module imports, and every deployment in prefect.yaml names a real
-flow with parameters it accepts, a work pool and valid schedules. (Whether a server schedules and runs
-them is test_schedules.py's question.)"""
+flow with parameters it accepts, a work pool the README's set-up creates, and valid schedules. (Whether a
+server schedules and runs them is test_schedules.py's question.)"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -61,3 +62,12 @@ def test_every_group_step_has_a_partition_deployment_of_its_flow():
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), fn)
         assert flow.name == flow_name and "partition" in inspect.signature(flow.fn).parameters, step
         assert "schedules" not in d and "concurrency_limit" not in d, step
+
+
+def test_readme_deploy_steps_create_every_work_pool_deployed_to():
+    """`prefect deploy --all` stops on a deployment whose work pool does not exist, so the README's scheduled set-up
+    must create every pool prefect.yaml deploys to (crm-parent too, even where no worker ever starts in it)."""
+    pools = {d["work_pool"]["name"] for d in DEPLOYMENTS}
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    created = set(re.findall(r"^prefect work-pool create (\S+) --type process", readme, re.M))
+    assert pools and pools <= created, f"pools deployed to but not created in the README: {sorted(pools - created)}"

@@ -182,15 +182,3 @@ def test_rules_hash01_example_is_what_the_sql_computes():
 
 def test_rules_do_not_send_readers_elsewhere():
     assert "contract" not in RULES.read_text(encoding="utf-8").lower()
-
-
-def test_readme_deploy_steps_create_every_work_pool_prefect_yaml_names():
-    """`prefect deploy --all` stops on a deployment whose work pool does not exist, so the README's scheduled set-up
-    must create every pool prefect.yaml deploys to (crm-parent too, even where no worker ever starts in it)."""
-    import yaml
-
-    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
-    pools = {d["work_pool"]["name"] for d in deployments}
-    readme = (REPO / "README.md").read_text()
-    created = set(re.findall(r"^prefect work-pool create (\S+) --type process", readme, re.M))
-    assert pools and pools <= created, f"pools deployed to but not created in the README: {sorted(pools - created)}"

@@ -89,14 +89,26 @@ def sql_text(relative: str) -> str:
     return _INCLUDE.sub(lambda m: sql_text(m.group(1)), text)
 
 
-def repeated_keys_sql(rows: str, key: tuple[str, ...] | list[str]) -> str:
-    """SQL of the keys that repeat among `rows` (a table, a CTE or a parenthesised query), with how often (`n`).
-    Grouped by the key's 64-bit hash first (an integer: much cheaper than a text key, and most keys come once),
-    then exactly among the rows whose hash repeats, so two keys that share a hash are told apart."""
+def repeated_keys(con, rows: str, key: tuple[str, ...] | list[str], into: str, params: dict | None = None) -> int:
+    """Temp table `into`: the keys that repeat among `rows` (a table, or a parenthesised query; `params` its
+    parameters), with how often (`n`); returns how many. Grouped by the key's 64-bit hash first (an integer: much
+    cheaper than a text key), into `<into>_hash`; most runs' keys all come once, and then that is the only pass
+    over the rows. Only when some hash repeats are the rows of those hashes grouped exactly, so two keys that share
+    a hash are told apart. (One statement doing both read the rows twice: at 10M orders 1.6 s instead of 0.9 s.)"""
     using = ", ".join(key)
-    return (f"SELECT {using}, count(*) AS n FROM {rows} AS r WHERE hash({using}) IN "
-            f"(SELECT hash({using}) FROM {rows} AS r GROUP BY 1 HAVING count(*) > 1) "
-            f"GROUP BY {using} HAVING count(*) > 1")
+    params = params or {}
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {into}_hash AS SELECT hash({using}) AS h FROM {rows} AS r "
+                "GROUP BY 1 HAVING count(*) > 1", params)
+    try:
+        if con.execute(f"SELECT count(*) FROM {into}_hash").fetchone()[0] == 0:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT {using}, 0::BIGINT AS n FROM {rows} AS r "
+                        "WHERE false", params)
+            return 0
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT {using}, count(*) AS n FROM {rows} AS r "
+                    f"WHERE hash({using}) IN (SELECT h FROM {into}_hash) GROUP BY {using} HAVING count(*) > 1", params)
+        return con.execute(f"SELECT count(*) FROM {into}").fetchone()[0]
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {into}_hash")
 
 
 class DatabaseLocked(Exception):

@@ -334,8 +334,8 @@ def test_an_early_suite_whose_merge_was_no_first_load_runs_again_inside(con, lan
     may keep fewer rows than were typed: that entity's suite is run again on what was merged."""
     first_load(landing)
 
-    def early_then_someone_else(c, entities, typed):
-        done = validate_ingest.early(c, entities, typed)
+    def early_then_someone_else(c, entities, typed, unique=frozenset()):
+        done = validate_ingest.early(c, entities, typed, unique)
         # a newer o3 staged by someone else: the run's o3 loses to it
         stage(c, "orders", [{"order_id": "o3", "customer_id": "c3", "updated_at": datetime(2027, 1, 1, tzinfo=timezone.utc)}],
               ingest_id=RUN + 100)
@@ -412,3 +412,19 @@ def test_a_call_needs_no_recipient_and_the_frame_is_left_alone(con):
     assert {r["element_count"] for r in results} == {50}
     assert frame["recipient"].null_count() == 2, "the dispatch's frame is not changed"
     assert con.execute("SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name LIKE '_gx%'").fetchone()[0] == 0
+
+
+def test_repeated_keys_counts_exactly_the_keys_that_come_more_than_once():
+    """crm.db.repeated_keys, which the merge's and the suites' `_copies` rely on: by hash first, then exactly; with
+    no repeat it leaves an empty table of the key's columns."""
+    from crm.db import repeated_keys
+
+    c = duckdb.connect()
+    c.execute("CREATE TABLE r AS SELECT * FROM (VALUES ('a', 1, 0), ('a', 1, 0), ('a', 2, 0), ('b', 1, 0), "
+              "('b', 1, 0), ('b', 1, 0), ('c', 1, 1)) t(k, line, run)")
+    assert repeated_keys(c, "(SELECT k, line FROM r WHERE run = $run)", ("k", "line"), "_rep", {"run": 0}) == 2
+    assert c.execute("SELECT * FROM _rep ORDER BY ALL").fetchall() == [("a", 1, 2), ("b", 1, 3)]
+    assert repeated_keys(c, "(SELECT k FROM r WHERE run = $run)", ("k",), "_rep", {"run": 1}) == 0
+    assert c.execute("SELECT column_name FROM (DESCRIBE _rep)").fetchall() == [("k",), ("n",)]
+    assert c.execute("SELECT count(*) FROM _rep").fetchone()[0] == 0
+    assert not c.execute("SELECT * FROM duckdb_tables() WHERE table_name = '_rep_hash'").fetchall()

@@ -44,7 +44,7 @@ from typing import Callable
 import duckdb
 
 from crm import phones
-from crm.db import repeated_keys_sql, sql_text, staging_zone_macros, transaction
+from crm.db import repeated_keys, sql_text, staging_zone_macros, transaction
 from crm.storage import layout
 
 # --------------------------------------------------------------------------------------------------
@@ -679,16 +679,20 @@ def _land_ndjson(con, entity: Entity, table: str, f: LandingFile, outcome: dict)
 TYPED_BEFORE = ("customers", "products", "orders", "order_items")
 
 
-def _type(con, entity: Entity, files: list[LandingFile]) -> int:
+def _type(con, entity: Entity, files: list[LandingFile], unique: set[str] | None = None) -> int:
     """stg_<entity>: the landed rows typed, each with its reason to be refused (NULL: good), and of a key that
     more than one good row of this run has, only the winner left good (the newest: updated_at, then the later
-    drop and row). Only temporary tables are written. Returns the good rows before that (what the run loaded)."""
+    drop and row). Only temporary tables are written. Returns the good rows before that (what the run loaded).
+    `unique` gets the entity's name when no key came twice among the good rows (they are then left as they are:
+    the suite's `_copies` need not count this run's repeats again, transforms/validate.py validate_typed)."""
     land_view(con, entity, files)
     # the typed rows without their file's path (the same for all rows of a file, ~70 bytes a row): _merge
     # takes it from _files by _file_ord
     con.execute(f"CREATE OR REPLACE TEMP TABLE stg_{entity.name} AS SELECT * EXCLUDE (_source_file) FROM ("
                 + sql_text(f"staging/stg_{entity.name}.sql") + ")")
     repeats = _repeated_keys(con, entity)
+    if unique is not None and entity.key and not repeats:
+        unique.add(entity.name)
     if entity.name == "orders":
         # an order_id this run gives two shops belongs to the first good row's (sql/staging/stg_orders_owners.sql)
         if repeats:
@@ -748,8 +752,7 @@ def _repeated_keys(con, entity: Entity) -> int:
     if not entity.key:
         return 0
     good = f"(SELECT {', '.join(entity.key)} FROM stg_{entity.name} WHERE _reject_reason IS NULL)"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _dup AS {repeated_keys_sql(good, entity.key)}")
-    return con.execute("SELECT count(*) FROM _dup").fetchone()[0]
+    return repeated_keys(con, good, entity.key, "_dup")
 
 
 def _merge(con, entity: Entity, ingest_id: int) -> bool:
@@ -880,10 +883,11 @@ def load(
         con.execute("SET preserve_insertion_order = false")
         staging_zone_macros(con)      # the zones with daylight saving time by arithmetic, for millions of values
         typed = {}                    # entity -> its good rows, typed before the transaction (TYPED_BEFORE)
+        unique: set[str] = set()      # those of them whose good rows have no key twice
         for name in TYPED_BEFORE:
             mine = [f for f in new if f.entity == name]
             if mine:
-                typed[name] = _type(con, ENTITIES[name], mine)
+                typed[name] = _type(con, ENTITIES[name], mine, unique)
                 if step:
                     step(f"type {name}", 0)
         # the suites of those first loaded can run now, on the typed rows the merge will insert as they are
@@ -891,7 +895,7 @@ def load(
         first = [name for name in typed if _first_load(con, ENTITIES[name])]
         early = None
         if first and validate is not None and hasattr(validate, "early"):
-            early = validate.early(con, first, frozenset(typed))
+            early = validate.early(con, first, frozenset(typed), frozenset(unique))
             if step:
                 step("validate " + ", ".join(first), 0)
         # on the lake, the manifest and quarantine are written to PostgreSQL once the staged rows are committed

@@ -13,7 +13,8 @@ the referenced order / customer exist), so every check reads one plain table (GX
 suite; against the suite's query itself each of them would compute the helper columns again). The
 helper columns cost what the run's rows cost: rows of other runs are only looked up by the run's keys (a
 hash table of the run's rows); the run's repeated keys are grouped by their 64-bit hash first
-(crm.db.repeated_keys_sql, as the merge's are); a parent is read whole only for a run at least half its size
+(crm.db.repeated_keys, as the merge's are), or, for the typed rows of a first load in which the ingest already
+found no key twice, not counted again; a parent is read whole only for a run at least half its size
 (a first load), else by the run's keys; and an entity the run did not load is not looked at.
 
 A first load of an entity that the ingest types before its transaction (customers, products, orders, order
@@ -40,7 +41,7 @@ from datetime import datetime, timezone
 
 import duckdb
 
-from crm.db import repeated_keys_sql
+from crm.db import repeated_keys
 
 
 class ValidationFailed(Exception):
@@ -63,7 +64,10 @@ def _rows(table: str, key: tuple[str, ...], columns: str, known: tuple[str, str,
     """The rows a run loaded of `table` (`columns`), with `_copies` and, for `known` = (name,
     parent, column), `_known_<name>`: does the row's `column` exist in staging.`parent`. The parent's keys are
     the `{parent_keys}` placeholder, which `_parent_keys` fills in by the run's size; where the run's rows are read
-    is the `{mine}` placeholder (`_fill`: staging, or the typed rows of a first load before they are merged)."""
+    is the `{mine}` placeholder (`_fill`: staging, or the typed rows of a first load before they are merged). The
+    keys other runs staged too (`_gx_older`) and those this run has twice (`_gx_repeated`) are small tables that
+    `_check` makes first, so that the run's rows are read once here (a CTE read twice is materialised: a copy more
+    of every row)."""
     using = ", ".join(key)
     known_col = ""
     if known:
@@ -74,28 +78,29 @@ def _rows(table: str, key: tuple[str, ...], columns: str, known: tuple[str, str,
 with mine as (          -- the rows this run loaded
     select {columns} from {{mine}}
 ),
-older as (             -- rows that other runs staged with a key of this run (none, unless a merge went wrong)
-    select {using}, count(*) as n
-    from staging.{table} semi join mine using ({using})
-    where _ingest_id is distinct from $ingest_id
-    group by all
-),
-repeated as (          -- keys this run staged more than once (none, unless a merge went wrong): by hash, then exactly
-    {repeated_keys_sql("mine", key)}
-),
 final as (
     select
         mine.*,
-        -- rows of the whole table with this row's key (must be 1; a key with a NULL matches none)
+        -- rows of the whole table with this row's key (must be 1; a key with a NULL matches none): this run's
+        -- copies (_gx_repeated: keys it staged more than once) and other runs' (_gx_older): none, unless a merge
+        -- went wrong
         case when {" or ".join(f"mine.{k} is null" for k in key)} then 0
              else coalesce(repeated.n, 1) + coalesce(older.n, 0)
         end as _copies{known_col}
     from mine
-    left join older using ({using})
-    left join repeated using ({using})
+    left join _gx_older as older using ({using})
+    left join _gx_repeated as repeated using ({using})
 )
 select * from final
 """
+
+
+def _older(table: str, key: tuple[str, ...], mine: str) -> str:
+    """_gx_older: the keys of the run's rows (`mine`) that other runs staged too, with how many rows (none, unless a
+    merge went wrong): only the run's keys are looked up (a hash table of them)."""
+    using = ", ".join(key)
+    return (f"select {using}, count(*) as n from staging.{table} semi join (select {using} from {mine}) as m "
+            f"using ({using}) where _ingest_id is distinct from $ingest_id group by all")
 
 
 def _parent_keys(con: duckdb.DuckDBPyConnection, known: tuple[str, str, str], run_rows: int,
@@ -121,6 +126,10 @@ def _fill(query: str, mine: str, parent_keys: str | None) -> str:
     return query.replace("{parent_keys}", parent_keys) if parent_keys is not None else query
 
 
+# the key of each suite's rows (`_copies` counts the rows of the whole table with a row's key)
+KEYS = {"customers": ("customer_id",), "products": ("product_id",), "orders": ("order_id",),
+        "order_items": ("order_id", "line_no"), "reviews": ("order_id", "created_at")}
+
 # the parent a suite's `_known_<name>` looks in: entity -> (name, parent table, column)
 KNOWN = {
     "orders": ("customer", "customers", "customer_id"),
@@ -130,7 +139,7 @@ KNOWN = {
 
 SUITES: dict[str, tuple[str, list[Check]]] = {
     "customers": (
-        _rows("customers", ("customer_id",), "customer_id, shop_id, member_level, opt_out"),
+        _rows("customers", KEYS["customers"], "customer_id, shop_id, member_level, opt_out"),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "customer_id"}),
             Check("ExpectColumnValuesToBeUnique", {"column": "customer_id"}),
@@ -140,7 +149,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "products": (
-        _rows("products", ("product_id",), "product_id, followup_days"),
+        _rows("products", KEYS["products"], "product_id, followup_days"),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "product_id"}),
             Check("ExpectColumnValuesToBeUnique", {"column": "product_id"}),
@@ -149,7 +158,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "orders": (
-        _rows("orders", ("order_id",), "order_id, customer_id, total_amount, created_at, paid_at",
+        _rows("orders", KEYS["orders"], "order_id, customer_id, total_amount, created_at, paid_at",
               KNOWN["orders"]),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "order_id"}),
@@ -164,7 +173,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "order_items": (
-        _rows("order_items", ("order_id", "line_no"), "order_id, line_no, quantity, unit_price",
+        _rows("order_items", KEYS["order_items"], "order_id, line_no, quantity, unit_price",
               KNOWN["order_items"]),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "order_id"}),
@@ -177,7 +186,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "reviews": (
-        _rows("reviews", ("order_id", "created_at"), "order_id, created_at, rating",
+        _rows("reviews", KEYS["reviews"], "order_id, created_at, rating",
               KNOWN["reviews"]),
         [
             Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["order_id", "created_at"]}),
@@ -294,19 +303,22 @@ class Early:
         return Early(self.gx, self.source, {e: r for e, r in self.results.items() if e in entities})
 
 
-def validate_typed(con: duckdb.DuckDBPyConnection, entities: list[str], typed: frozenset[str]) -> Early:
+def validate_typed(con: duckdb.DuckDBPyConnection, entities: list[str], typed: frozenset[str],
+                   unique: frozenset[str] = frozenset()) -> Early:
     """Before the ingest's transaction: the suites of `entities`, each a first load (its staging table is empty)
     whose typed rows are stg_<entity> (transforms/ingest.py, TYPED_BEFORE; `typed`: every entity typed so). The
     merge will insert exactly those rows (stg_<entity>'s good rows), so the suite checks the rows it would check
     after the merge, with the same results; but it reads committed tables, which DuckDB scans about twice as fast
     as rows written inside an open transaction. Nothing is stored or raised here: validate_ingest does both, in
-    the transaction, with the other suites' results."""
+    the transaction, with the other suites' results. `unique`: the entities whose typed good rows the ingest found
+    no key twice in (its own count of repeated keys, on these very rows, transforms/ingest.py _type): their
+    `_copies` does not count them again."""
     gx, context = _context()
     early = Early(gx, _source(context, con), {})
     for entity in entities:
         run_rows = con.execute(f"SELECT count(*) FROM stg_{entity} WHERE _reject_reason IS NULL").fetchone()[0]
         early.results[entity] = _check(con, early, entity, run_rows, f"stg_{entity} where _reject_reason is null",
-                                       None, typed)
+                                       None, typed, entity in unique)
     return early
 
 
@@ -330,8 +342,9 @@ def validate_ingest(con: duckdb.DuckDBPyConnection, ingest_id: int, early: Early
 
 
 def _check(con, early: Early, entity: str, run_rows: int, mine: str, ingest_id: int | None,
-           typed: frozenset[str] = frozenset()) -> list[dict]:
-    """One suite on the run's rows of `entity` (`mine`: where they are read) through a helper table."""
+           typed: frozenset[str] = frozenset(), unique: bool = False) -> list[dict]:
+    """One suite on the run's rows of `entity` (`mine`: where they are read) through a helper table. `unique`: the
+    ingest already found no key twice among exactly these rows (validate_typed)."""
     if not run_rows:
         return []                     # the run loaded none of these: nothing to check (and no helper columns to make)
     query, checks = SUITES[entity]
@@ -339,11 +352,19 @@ def _check(con, early: Early, entity: str, run_rows: int, mine: str, ingest_id: 
     keys = _parent_keys(con, KNOWN[entity], run_rows, typed) if entity in KNOWN else None
     query = _fill(query, mine, keys)
     # ingest_id NULL (before the merge): every staged row is another run's
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {query}", {"ingest_id": ingest_id} if "$ingest_id" in query else {})
+    params = {"ingest_id": ingest_id} if "$ingest_id" in query else {}
     try:
+        if entity in KEYS:
+            # the keys the run's rows have more than once (`_gx_repeated`): counted here, or known to be none; and
+            # those other runs staged too (`_gx_older`)
+            key = KEYS[entity]
+            rows = f"(select {', '.join(key)} from {mine}{' limit 0' if unique else ''})"
+            repeated_keys(con, rows, key, "_gx_repeated", {"ingest_id": ingest_id} if "$ingest_id" in rows else {})
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _gx_older AS {_older(entity, key, mine)}", {"ingest_id": ingest_id})
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {query}", params)
         return _run_suite(early.gx, early.source, f"staging.{entity}", table, checks)
     finally:
-        con.execute(f"DROP TABLE IF EXISTS {table}")
+        con.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS _gx_repeated; DROP TABLE IF EXISTS _gx_older")
 
 
 validate_ingest.early = validate_typed    # transforms/ingest.py: the first loads of typed entities, before the merge

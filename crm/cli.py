@@ -873,12 +873,21 @@ def storage_sql(
         except StorageError as e:
             fail(str(e), 1)
     else:
-        from crm.db import analytics_ready, connect
+        from crm.db import analytics_failure, analytics_ready, connect
 
         copy = analytics_path(STATE.db)
         if not analytics_ready(STATE.db):
             print("the analysts' copy after the latest run is still on its way (a run holds the file); "
                   "reading the previous one", file=sys.stderr)
+        failure = analytics_failure(STATE.db)
+        if failure is not None:
+            from datetime import datetime
+
+            made = datetime.fromtimestamp(copy.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+            when, _, what = failure.partition(" ")
+            print(f"warning: reading the analysts' copy of {made}: the copy after a later run failed at {when}: "
+                  f"{what.partition('failed: ')[2] or what} (every failure: {copy.name}.log; the next run copies "
+                  "the file again)", file=sys.stderr)
         try:
             con = connect(copy if copy.exists() else STATE.db, read_only=True)
         except FileNotFoundError as e:

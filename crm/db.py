@@ -342,6 +342,22 @@ def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path, *, backgrou
     return target                             # the child holds the pending lock now (the same open file)
 
 
+def analytics_failure(db: str | Path) -> str | None:
+    """The last failure of the analysts' copy (crm/analytics_copy.py writes each one to `<copy>.log`) when no copy was
+    made after it: the copy analysts read is then older than the latest run. None when the newest copy came after
+    the last failure (a copy's file time is when it was written; on equal times, the copy is taken to be newer)."""
+    target = analytics_path(db)
+    log = target.with_name(target.name + ".log")
+    try:
+        failed_at = log.stat().st_mtime_ns
+        if target.stat().st_mtime_ns >= failed_at:
+            return None
+    except FileNotFoundError:
+        return None                 # no failure, or no copy at all (readers then read the file itself)
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else None
+
+
 def analytics_ready(db: str | Path, wait_seconds: float = 60.0) -> bool:
     """Wait while a copy of the file for analysts is on its way or being swapped in (publish_snapshot), up to
     `wait_seconds`; False if one still was."""

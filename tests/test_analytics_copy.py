@@ -122,3 +122,32 @@ def test_a_copy_left_half_written_by_a_killed_copier_is_removed_by_the_next(tmp_
     publish_snapshot(con, db)
     assert not left.exists() and copy.read_bytes() == db.read_bytes()
     con.close()
+
+
+def test_crm_storage_sql_says_when_the_copy_it_reads_is_older_than_a_failed_one(tmp_path):
+    """A copy that failed after a run (in the background, nobody waits for it) leaves the previous copy, which
+    `crm storage sql` still reads: it says so, with when and why, until a later copy succeeds."""
+    db, none = tmp_path / "shop.duckdb", tmp_path / "no-shops.toml"
+    con = table(db, 1000)
+    copy = publish_snapshot(con, db)
+    con.execute("INSERT INTO t VALUES (-1, 'x')")
+    aside = tmp_path / "aside.duckdb"
+    copy.rename(aside)
+    copy.mkdir()                          # the rename over the copy fails: the copy of this state is not made
+    with pytest.raises(OSError):
+        publish_snapshot(con, db)
+    copy.rmdir()
+    aside.rename(copy)
+    con.close()
+    query = ("--db", str(db), "--config", str(none), "storage", "sql", "--csv", "SELECT count(*) AS n FROM t")
+    read = crm(*query)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.splitlines() == ["n", "1000"], "the previous copy is what is read"
+    warning = [line for line in read.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "reading the analysts' copy of" in warning[0], read.stderr
+    assert "Is a directory" in warning[0] and "shop.analytics.duckdb.log" in warning[0], warning
+    with duckdb.connect(str(db)) as again:
+        publish_snapshot(again, db)
+    read = crm(*query)
+    assert read.returncode == 0 and read.stdout.splitlines() == ["n", "1001"], read.stderr
+    assert "warning" not in read.stderr, read.stderr

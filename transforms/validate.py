@@ -126,10 +126,6 @@ def _fill(query: str, mine: str, parent_keys: str | None) -> str:
     return query.replace("{parent_keys}", parent_keys) if parent_keys is not None else query
 
 
-# the key of each suite's rows (`_copies` counts the rows of the whole table with a row's key)
-KEYS = {"customers": ("customer_id",), "products": ("product_id",), "orders": ("order_id",),
-        "order_items": ("order_id", "line_no"), "reviews": ("order_id", "created_at")}
-
 # the parent a suite's `_known_<name>` looks in: entity -> (name, parent table, column)
 KNOWN = {
     "orders": ("customer", "customers", "customer_id"),
@@ -139,7 +135,7 @@ KNOWN = {
 
 SUITES: dict[str, tuple[str, list[Check]]] = {
     "customers": (
-        _rows("customers", KEYS["customers"], "customer_id, shop_id, member_level, opt_out"),
+        _rows("customers", ("customer_id",), "customer_id, shop_id, member_level, opt_out"),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "customer_id"}),
             Check("ExpectColumnValuesToBeUnique", {"column": "customer_id"}),
@@ -149,7 +145,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "products": (
-        _rows("products", KEYS["products"], "product_id, followup_days"),
+        _rows("products", ("product_id",), "product_id, followup_days"),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "product_id"}),
             Check("ExpectColumnValuesToBeUnique", {"column": "product_id"}),
@@ -158,7 +154,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "orders": (
-        _rows("orders", KEYS["orders"], "order_id, customer_id, total_amount, created_at, paid_at",
+        _rows("orders", ("order_id",), "order_id, customer_id, total_amount, created_at, paid_at",
               KNOWN["orders"]),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "order_id"}),
@@ -173,7 +169,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "order_items": (
-        _rows("order_items", KEYS["order_items"], "order_id, line_no, quantity, unit_price",
+        _rows("order_items", ("order_id", "line_no"), "order_id, line_no, quantity, unit_price",
               KNOWN["order_items"]),
         [
             Check("ExpectColumnValuesToNotBeNull", {"column": "order_id"}),
@@ -186,7 +182,7 @@ SUITES: dict[str, tuple[str, list[Check]]] = {
         ],
     ),
     "reviews": (
-        _rows("reviews", KEYS["reviews"], "order_id, created_at, rating",
+        _rows("reviews", ("order_id", "created_at"), "order_id, created_at, rating",
               KNOWN["reviews"]),
         [
             Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["order_id", "created_at"]}),
@@ -351,17 +347,21 @@ def _check(con, early: Early, entity: str, run_rows: int, mine: str, ingest_id: 
     table = f"_gx_rows_{entity}"
     keys = _parent_keys(con, KNOWN[entity], run_rows, typed) if entity in KNOWN else None
     query = _fill(query, mine, keys)
-    # ingest_id NULL (before the merge): every staged row is another run's
-    params = {"ingest_id": ingest_id} if "$ingest_id" in query else {}
+    from transforms.ingest import ENTITIES     # loaded already: only an ingest validates its entities
+
+    def params(sql: str) -> dict:              # ingest_id NULL (before the merge): every staged row is another run's
+        return {"ingest_id": ingest_id} if "$ingest_id" in sql else {}
+
     try:
-        if entity in KEYS:
+        key = ENTITIES[entity].key
+        if key:
             # the keys the run's rows have more than once (`_gx_repeated`): counted here, or known to be none; and
             # those other runs staged too (`_gx_older`)
-            key = KEYS[entity]
             rows = f"(select {', '.join(key)} from {mine}{' limit 0' if unique else ''})"
-            repeated_keys(con, rows, key, "_gx_repeated", {"ingest_id": ingest_id} if "$ingest_id" in rows else {})
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _gx_older AS {_older(entity, key, mine)}", {"ingest_id": ingest_id})
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {query}", params)
+            repeated_keys(con, rows, key, "_gx_repeated", params(rows))
+            older = _older(entity, key, mine)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _gx_older AS {older}", params(older))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {query}", params(query))
         return _run_suite(early.gx, early.source, f"staging.{entity}", table, checks)
     finally:
         con.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS _gx_repeated; DROP TABLE IF EXISTS _gx_older")

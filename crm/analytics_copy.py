@@ -39,6 +39,11 @@ def lock_path(target: Path) -> Path:
     return target.with_name(target.name + ".lock")
 
 
+def log_path(target: Path) -> Path:
+    """Where each failed copy is written, one line: '<ISO time> the analysts' copy of <db> failed: <why>'."""
+    return target.with_name(target.name + ".log")
+
+
 @contextmanager
 def copying(target: Path):
     """TARGET.lock held while a copy is written and swapped in."""
@@ -122,7 +127,7 @@ def main(argv: list[str]) -> int:
                 with copying(target):
                     swap_in(held.fileno(), target)
     except OSError as e:
-        with open(target.with_name(target.name + ".log"), "a") as log:
+        with open(log_path(target), "a") as log:
             log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} the analysts' copy of {db.name} failed: {e}\n")
         print(f"the analysts' copy of {db.name} failed: {e}", file=sys.stderr)
         return 1

@@ -884,10 +884,9 @@ def storage_sql(
             from datetime import datetime
 
             made = datetime.fromtimestamp(copy.stat().st_mtime).astimezone().isoformat(timespec="seconds")
-            when, _, what = failure.partition(" ")
+            when, why = failure
             print(f"warning: reading the analysts' copy of {made}: the copy after a later run failed at {when}: "
-                  f"{what.partition('failed: ')[2] or what} (every failure: {copy.name}.log; the next run copies "
-                  "the file again)", file=sys.stderr)
+                  f"{why} (every failure: {copy.name}.log; the next run copies the file again)", file=sys.stderr)
         try:
             con = connect(copy if copy.exists() else STATE.db, read_only=True)
         except FileNotFoundError as e:

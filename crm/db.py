@@ -342,12 +342,13 @@ def publish_snapshot(con: duckdb.DuckDBPyConnection, db: str | Path, *, backgrou
     return target                             # the child holds the pending lock now (the same open file)
 
 
-def analytics_failure(db: str | Path) -> str | None:
-    """The last failure of the analysts' copy (crm/analytics_copy.py writes each one to `<copy>.log`) when no copy was
-    made after it: the copy analysts read is then older than the latest run. None when the newest copy came after
-    the last failure (a copy's file time is when it was written; on equal times, the copy is taken to be newer)."""
+def analytics_failure(db: str | Path) -> tuple[str, str] | None:
+    """(when, why) of the last failure of the analysts' copy (crm/analytics_copy.py writes each one to
+    `<copy>.log`) when no copy was made after it: the copy analysts read is then older than the latest run. None
+    when the newest copy came after the last failure (a copy's file time is when it was written; on equal times,
+    the copy is taken to be newer)."""
     target = analytics_path(db)
-    log = target.with_name(target.name + ".log")
+    log = analytics_copy.log_path(target)
     try:
         failed_at = log.stat().st_mtime_ns
         if target.stat().st_mtime_ns >= failed_at:
@@ -355,7 +356,10 @@ def analytics_failure(db: str | Path) -> str | None:
     except FileNotFoundError:
         return None                 # no failure, or no copy at all (readers then read the file itself)
     lines = log.read_text(errors="replace").strip().splitlines()
-    return lines[-1] if lines else None
+    if not lines:
+        return None
+    when, _, what = lines[-1].partition(" ")
+    return when, what.partition(" failed: ")[2] or what
 
 
 def analytics_ready(db: str | Path, wait_seconds: float = 60.0) -> bool:

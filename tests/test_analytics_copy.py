@@ -80,19 +80,26 @@ def test_a_big_files_copy_is_made_once_after_the_run_closes_the_file(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def publish_failing(con: duckdb.DuckDBPyConnection, db: Path) -> None:
+    """A publish whose copy fails for real: what the copy would replace is a folder, so the rename cannot happen;
+    the previous copy is put back after it."""
+    copy = analytics_path(db)
+    aside = db.with_name("aside.duckdb")
+    copy.rename(aside)
+    copy.mkdir()
+    with pytest.raises(OSError, match="analysts' copy"):
+        publish_snapshot(con, db)
+    copy.rmdir()
+    aside.rename(copy)
+
+
 def test_a_failed_copy_says_why_and_leaves_the_previous_one(tmp_path):
     db = tmp_path / "shop.duckdb"
     con = table(db, 1000)
     copy = publish_snapshot(con, db)
     before = copy.read_bytes()
     con.execute("INSERT INTO t VALUES (-1, 'x')")
-    aside = tmp_path / "aside.duckdb"
-    copy.rename(aside)
-    copy.mkdir()                          # what the copy would replace is a folder: the rename cannot happen
-    with pytest.raises(OSError, match="analysts' copy"):
-        publish_snapshot(con, db)
-    copy.rmdir()
-    aside.rename(copy)
+    publish_failing(con, db)
     assert copy.read_bytes() == before
     assert "failed" in copy.with_name(copy.name + ".log").read_text()
     con.close()
@@ -129,15 +136,9 @@ def test_crm_storage_sql_says_when_the_copy_it_reads_is_older_than_a_failed_one(
     `crm storage sql` still reads: it says so, with when and why, until a later copy succeeds."""
     db, none = tmp_path / "shop.duckdb", tmp_path / "no-shops.toml"
     con = table(db, 1000)
-    copy = publish_snapshot(con, db)
+    publish_snapshot(con, db)
     con.execute("INSERT INTO t VALUES (-1, 'x')")
-    aside = tmp_path / "aside.duckdb"
-    copy.rename(aside)
-    copy.mkdir()                          # the rename over the copy fails: the copy of this state is not made
-    with pytest.raises(OSError):
-        publish_snapshot(con, db)
-    copy.rmdir()
-    aside.rename(copy)
+    publish_failing(con, db)                # the copy of this state is not made
     con.close()
     query = ("--db", str(db), "--config", str(none), "storage", "sql", "--csv", "SELECT count(*) AS n FROM t")
     read = crm(*query)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -27,6 +28,8 @@ from typing import Iterator
 import duckdb
 
 from crm import analytics_copy, phones
+
+log = logging.getLogger("crm.db")
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -301,9 +304,16 @@ def connect_storage(db: str | Path, settings, *, read_only: bool = False, wait_s
 def publish(con: duckdb.DuckDBPyConnection, db: str | Path, settings) -> None:
     """After a run: the analysts' copy of the DuckDB file (publish_snapshot), in the background from
     `[storage] analytics_copy_background_mb`. The lake needs none: every process reads it as it is, each query
-    seeing one committed snapshot."""
+    seeing one committed snapshot. A copy that fails (a full disk, say) leaves the previous copy and the run's
+    committed work as they are: it is said in one warning, as a background copy's failure is written to
+    `<copy>.log` only (`crm storage sql` reports both until a copy succeeds), not raised: the task's retries would
+    redo the whole run for a copy, and the command would end in a traceback after its work was done."""
     if settings.storage.kind == "duckdb":
-        publish_snapshot(con, db, background_from=settings.storage.analytics_copy_background_mb << 20)
+        try:
+            publish_snapshot(con, db, background_from=settings.storage.analytics_copy_background_mb << 20)
+        except OSError as e:
+            log.warning("%s; the run's work is saved, the analysts' copy stays the previous one (crm storage sql "
+                        "says so until a copy succeeds)", str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 def analytics_path(db: str | Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -15,7 +16,7 @@ from deploying import shop_with_orders
 from dispatching import T
 from planning import local
 
-from crm.db import analytics_path, analytics_ready, publish_snapshot
+from crm.db import analytics_path, analytics_ready, publish, publish_snapshot
 
 
 def second_writer(db: Path) -> str:
@@ -80,17 +81,24 @@ def test_a_big_files_copy_is_made_once_after_the_run_closes_the_file(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
-def publish_failing(con: duckdb.DuckDBPyConnection, db: Path) -> None:
-    """A publish whose copy fails for real: what the copy would replace is a folder, so the rename cannot happen;
-    the previous copy is put back after it."""
+@contextmanager
+def copy_cannot_be_replaced(db: Path):
+    """While inside, a copy fails for real: what it would replace is a folder, so its rename cannot happen; the
+    previous copy is put back after."""
     copy = analytics_path(db)
     aside = db.with_name("aside.duckdb")
     copy.rename(aside)
     copy.mkdir()
-    with pytest.raises(OSError, match="analysts' copy"):
+    try:
+        yield
+    finally:
+        copy.rmdir()
+        aside.rename(copy)
+
+
+def publish_failing(con: duckdb.DuckDBPyConnection, db: Path) -> None:
+    with copy_cannot_be_replaced(db), pytest.raises(OSError, match="analysts' copy"):
         publish_snapshot(con, db)
-    copy.rmdir()
-    aside.rename(copy)
 
 
 def test_a_failed_copy_says_why_and_leaves_the_previous_one(tmp_path):
@@ -152,3 +160,23 @@ def test_crm_storage_sql_says_when_the_copy_it_reads_is_older_than_a_failed_one(
     read = crm(*query)
     assert read.returncode == 0 and read.stdout.splitlines() == ["n", "1001"], read.stderr
     assert "warning" not in read.stderr, read.stderr
+
+
+def test_a_runs_failed_copy_is_one_warning_and_the_run_stands(tmp_path, caplog):
+    """After a run (crm.db.publish, which every flow calls once its work is committed) a failed copy is not raised:
+    the task's retries would redo the run, and the command would end in a traceback. It is one warning."""
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(storage=SimpleNamespace(kind="duckdb", analytics_copy_background_mb=256))
+    db = tmp_path / "shop.duckdb"
+    con = table(db, 1000)
+    publish(con, db, settings)
+    con.execute("INSERT INTO t VALUES (-1, 'x')")
+    with copy_cannot_be_replaced(db), caplog.at_level("WARNING", logger="crm.db"):
+        publish(con, db, settings)
+    warned = [r.getMessage() for r in caplog.records if r.name == "crm.db"]
+    assert len(warned) == 1 and "Is a directory" in warned[0] and "stays the previous one" in warned[0], warned
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 1001, "the run's work stands"
+    with duckdb.connect(str(analytics_path(db)), read_only=True) as analyst:
+        assert analyst.execute("SELECT count(*) FROM t").fetchone()[0] == 1000, "the previous copy stays"
+    con.close()

@@ -428,3 +428,40 @@ def test_repeated_keys_counts_exactly_the_keys_that_come_more_than_once():
     assert c.execute("SELECT column_name FROM (DESCRIBE _rep)").fetchall() == [("k",), ("n",)]
     assert c.execute("SELECT count(*) FROM _rep").fetchone()[0] == 0
     assert not c.execute("SELECT * FROM duckdb_tables() WHERE table_name = '_rep_hash'").fetchall()
+
+
+def test_uniqueness_is_counted_by_a_join_to_the_repeated_values_and_agrees_with_a_window_count():
+    """GX's two uniqueness metrics are computed by a join to the values that repeat (transforms/gx_duckdb.py):
+    they are the registered providers, and GX's expectations give, through them, the count of rows whose value
+    (or non-NULL key pair) other rows share, as a window count over every row says. NULLs: outside the domain."""
+    from great_expectations.execution_engine import SqlAlchemyExecutionEngine
+    from great_expectations.expectations.registry import get_metric_provider
+
+    from transforms import gx_duckdb
+    from transforms.validate import _context, _run_suite, _source
+
+    c = duckdb.connect()
+    # k: 'a' ×3, 'b' ×2, 'x' ×2, 'c' and 'y' once, NULL ×2;
+    # (k, line): ('a', 1) ×2, ('b', 2) ×2, ('x', NULL) ×2 (not counted: a NULL)
+    c.execute("CREATE TABLE t AS SELECT * FROM (VALUES ('a', 1), ('a', 1), ('a', 3), ('b', 2), ('b', 2), ('c', 1), "
+              "(NULL, 5), (NULL, 5), ('x', NULL), ('x', NULL), ('y', 7)) v(k, line)")
+    gx, context = _context()
+    source = _source(context, c)
+    for metric in ("column_values.count_per_value.map", "compound_columns.count.map"):
+        provider, _ = get_metric_provider(metric, SqlAlchemyExecutionEngine(create_temp_table=False,
+                                                                            engine=source.get_engine()))
+        assert provider.__name__.endswith("UniqueByJoin"), (metric, provider)
+    window = c.execute("SELECT count(*) FILTER (WHERE k IS NOT NULL AND n1 > 1), "
+                       "count(*) FILTER (WHERE k IS NOT NULL AND line IS NOT NULL AND n2 > 1) FROM "
+                       "(SELECT *, count(*) OVER (PARTITION BY k) n1, count(*) OVER (PARTITION BY k, line) n2 FROM t)"
+                       ).fetchone()
+    assert window == (7, 4)
+    one, pair = _run_suite(gx, source, "t", "t", [Check("ExpectColumnValuesToBeUnique", {"column": "k"}),
+                                                    Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["k", "line"]})])
+    assert (one["unexpected_count"], pair["unexpected_count"]) == window
+    assert (one["success"], pair["success"], one["element_count"]) == (False, False, 11)
+    c.execute("DELETE FROM t WHERE k IN ('a', 'b', 'x')")
+    one, pair = _run_suite(gx, source, "t", "t", [Check("ExpectColumnValuesToBeUnique", {"column": "k"}),
+                                                    Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["k", "line"]})])
+    assert (one["success"], one["unexpected_count"], pair["success"], pair["unexpected_count"]) == (True, 0, True, 0)
+    gx_duckdb.count_repeats_by_join()            # again: a no-op

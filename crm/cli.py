@@ -887,10 +887,15 @@ def storage_sql(
             when, why = failure
             print(f"warning: reading the analysts' copy of {made}: the copy after a later run failed at {when}: "
                   f"{why} (every failure: {copy.name}.log; the next run copies the file again)", file=sys.stderr)
+        path = copy if copy.exists() else STATE.db
         try:
-            con = connect(copy if copy.exists() else STATE.db, read_only=True)
+            con = connect(path, read_only=True)
         except FileNotFoundError as e:
             fail(str(e))
+        except duckdb.Error as e:            # not a database (a folder, a truncated file): no traceback
+            fail(f"cannot read {path}: {str(e).splitlines()[0]}" + (
+                f"; it is the analysts' copy: move it aside (the next run that writes makes it again)"
+                if path == copy else ""), 1)
     try:
         cursor = con.execute(query)
         names = [d[0] for d in cursor.description or []]

@@ -180,3 +180,22 @@ def test_a_runs_failed_copy_is_one_warning_and_the_run_stands(tmp_path, caplog):
     with duckdb.connect(str(analytics_path(db)), read_only=True) as analyst:
         assert analyst.execute("SELECT count(*) FROM t").fetchone()[0] == 1000, "the previous copy stays"
     con.close()
+
+
+def test_crm_storage_sql_says_in_one_line_when_the_copy_cannot_be_read(tmp_path):
+    """An analysts' copy that is no database (here a folder where the file should be; a truncated file alike) is one
+    line naming it and what to do, exit 1, not a traceback."""
+    db, none = tmp_path / "shop.duckdb", tmp_path / "no-shops.toml"
+    con = table(db, 10)
+    publish_snapshot(con, db)
+    con.close()
+    query = ("--db", str(db), "--config", str(none), "storage", "sql", "--csv", "SELECT count(*) AS n FROM t")
+    with copy_cannot_be_replaced(db):
+        read = crm(*query)
+    assert read.returncode == 1, read.stderr
+    assert "Traceback" not in read.stderr, read.stderr
+    lines = read.stderr.strip().splitlines()
+    assert len(lines) == 1 and "shop.analytics.duckdb" in lines[0] and "move it aside" in lines[0], lines
+    analytics_path(db).write_bytes(b"not a database")
+    read = crm(*query)
+    assert read.returncode == 1 and "Traceback" not in read.stderr and "move it aside" in read.stderr, read.stderr

@@ -894,7 +894,7 @@ def storage_sql(
             fail(str(e))
         except duckdb.Error as e:            # not a database (a folder, a truncated file): no traceback
             fail(f"cannot read {path}: {str(e).splitlines()[0]}" + (
-                f"; it is the analysts' copy: move it aside (the next run that writes makes it again)"
+                "; it is the analysts' copy: move it aside (the next run that writes makes it again)"
                 if path == copy else ""), 1)
     try:
         cursor = con.execute(query)

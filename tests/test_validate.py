@@ -459,13 +459,13 @@ def test_uniqueness_is_counted_by_a_join_to_the_repeated_values_and_agrees_with_
                        "(SELECT *, count(*) OVER (PARTITION BY k) n1, count(*) OVER (PARTITION BY k, line) n2 FROM t)"
                        ).fetchone()
     assert window == (7, 4)
-    one, pair = _run_suite(gx, source, "t", "t", [Check("ExpectColumnValuesToBeUnique", {"column": "k"}),
-                                                    Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["k", "line"]})])
+    checks = [Check("ExpectColumnValuesToBeUnique", {"column": "k"}),
+              Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["k", "line"]})]
+    one, pair = _run_suite(gx, source, "t", "t", checks)
     assert (one["unexpected_count"], pair["unexpected_count"]) == window
     assert (one["success"], pair["success"], one["element_count"]) == (False, False, 11)
     c.execute("DELETE FROM t WHERE k IN ('a', 'b', 'x')")
-    one, pair = _run_suite(gx, source, "t", "t", [Check("ExpectColumnValuesToBeUnique", {"column": "k"}),
-                                                    Check("ExpectCompoundColumnsToBeUnique", {"column_list": ["k", "line"]})])
+    one, pair = _run_suite(gx, source, "t", "t", checks)
     assert (one["success"], one["unexpected_count"], pair["success"], pair["unexpected_count"]) == (True, 0, True, 0)
     gx_duckdb.count_repeats_by_join()            # again: a no-op
 

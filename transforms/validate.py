@@ -283,6 +283,10 @@ def _new_context():
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    from transforms import gx_duckdb
+
+    gx_duckdb.count_repeats_by_join()      # once GX is imported (on the warm-up thread, if there is one)
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return gx, context
@@ -321,7 +325,6 @@ def _source(context, con: duckdb.DuckDBPyConnection):
     one is open (the ingest's; validate_typed runs before it)."""
     from transforms import gx_duckdb
 
-    gx_duckdb.count_repeats_by_join()
     return gx_duckdb.source(context, con)
 
 

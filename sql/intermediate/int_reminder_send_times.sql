@@ -65,13 +65,16 @@ rescued as (
     from planned
 ),
 
-quiet as (
-    -- step 3
-    select
-        *,
-        crm_shop_local(shop_id, rescued_send_at)                                          as rescued_local,
-        crm_in_quiet(crm_minute_of_day(crm_shop_local(shop_id, rescued_send_at)), quiet_start, quiet_end) as in_quiet
+rescued_local as (
+    -- step 3: the local time once (its macro is a CASE over the shops' zones; inlined into each use of it
+    -- below, it would be converted again for every comparison)
+    select *, crm_shop_local(shop_id, rescued_send_at) as rescued_local
     from rescued
+),
+
+quiet as (
+    select *, crm_in_quiet(crm_minute_of_day(rescued_local), quiet_start, quiet_end) as in_quiet
+    from rescued_local
 ),
 
 final as (

@@ -17,7 +17,10 @@ later drop of 1 % more orders.
    first plan at the data's anchor; each in its own process, with the project's DuckDB settings
    (crm/db.py: memory_limit, threads);
 4. *drop*: ``--extra`` (default 1 %) more orders with their items and new customers, written beside the
-   landing folder's files (links to them) and ingested into the file of step 3, in a new process.
+   landing folder's files (links to them) and ingested into the file of step 3, in a new process;
+5. *one order*: then a drop of a single new order, the same way: what any ingest costs whatever its size
+   (the process, Prefect's flow run, the suites' context, a scan of the big tables' keys). The drop's
+   share of the full ingest is printed both whole and above this fixed cost.
 
 bare and ingest alternate, ``--repeat`` times, so both see the same machine; the best of each is compared.
 Peak memory is each process's max RSS. Results: ``--out`` (default ``<work>/ingest-<orders>.json``: the
@@ -165,6 +168,24 @@ def with_extra(kind: str, data: Path, landing: Path, fraction: float) -> Path:
     return plus
 
 
+def with_one_order(landing: Path) -> Path:
+    """`landing`'s files (links) plus a CSV drop of one new order: the first row of the newest CSV orders file
+    there, with an order_id no generator makes (its first digit 9)."""
+    import duckdb
+
+    one = landing.parent / f"{landing.name}-one"
+    if not one.exists():
+        for f in landing.rglob("*"):
+            if f.is_file():
+                (one / f.relative_to(landing)).parent.mkdir(parents=True, exist_ok=True)
+                (one / f.relative_to(landing)).symlink_to(f.resolve())
+        newest = max((landing / "orders").glob("*.csv"), key=lambda f: f.name)
+        target = one / "orders" / f"{newest.stem}_one_more.csv"
+        duckdb.sql(f"COPY (SELECT * REPLACE ('9' || order_id[2:] AS order_id) FROM read_csv('{newest}', all_varchar = true) "
+                   f"LIMIT 1) TO '{target}' (HEADER)")
+    return one
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=1_000_000)
@@ -229,6 +250,12 @@ def main() -> None:
         res["drop_fraction"] = args.extra
         print(f"drop of {args.extra:.0%} more orders: {res['drop']['ingest_seconds']:.2f} s "
               f"({res['drop'].get('files_new', '?')} new of {res['drop'].get('files_seen', '?')} files)", flush=True)
+        one = with_one_order(plus)
+        if args.via == "crm":
+            res["one_order_drop"] = run(CLI.format(), str(CRM), str(db), str(config), str(one), "-", "-")
+        else:
+            res["one_order_drop"] = run(ingest_code, str(one), str(db), str(config), validate, "-")
+        print(f"drop of one order: {res['one_order_drop']['ingest_seconds']:.2f} s", flush=True)
     fresh(db)
     if args.via == "crm":
         subprocess.run([str(CRM), "--db", str(db), "server", "stop"], capture_output=True)
@@ -239,6 +266,8 @@ def main() -> None:
     res["ratio_ingest_only_to_bare"] = ing["ingest_seconds"] / bare["seconds"]
     if "drop" in res:
         res["drop_share_of_full_ingest"] = res["drop"]["ingest_seconds"] / ing["ingest_seconds"]
+        fixed = res["one_order_drop"]["ingest_seconds"]
+        res["drop_share_above_one_order"] = (res["drop"]["ingest_seconds"] - fixed) / (ing["ingest_seconds"] - fixed)
     out = args.out or args.work / f"ingest-{args.data}-{args.orders}.json"
     out.write_text(json.dumps(res, indent=2))
 
@@ -254,6 +283,8 @@ def main() -> None:
     if "drop" in res:
         print(f"  a drop of {args.extra:.0%} more orders: {res['drop']['ingest_seconds']:.2f} s = "
               f"{res['drop_share_of_full_ingest']:.1%} of the full ingest, peak {res['drop']['peak_rss_mib']:.0f} MiB")
+        print(f"  a drop of one order: {res['one_order_drop']['ingest_seconds']:.2f} s; above that, the drop of "
+              f"{args.extra:.0%} is {res['drop_share_above_one_order']:.1%} of the full ingest's")
     print(f"  results: {out}")
 
 

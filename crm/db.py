@@ -690,9 +690,12 @@ def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) ->
       crm_shop_ts(text, shop)        ISO text -> instant (naive text is the shop's local time)
     and the same by zone name, for SQL that has the zone at hand (staging joins ops.shops):
       crm_zone_utc(zone, local), crm_zone_ts(text, zone),
-      crm_landed_ts(aware, naive, text, zone)   a landed timestamp (transforms/ingest.py: a Parquet TIMESTAMPTZ, a
-                                                naive Parquet TIMESTAMP or text) -> instant; the naive one is placed
-                                                as its text would be, without printing and parsing it
+      crm_landed_ts(aware, wall, text, off, zone)   a landed timestamp (transforms/ingest.py: a Parquet
+                                                TIMESTAMPTZ, a naive Parquet TIMESTAMP or text) -> instant, where
+                                                off = crm_has_offset(text) and wall = the naive Parquet value, else
+                                                crm_wall_clock(text, off): columns the staging model makes first
+                                                (sql/macros.sql says why); the naive Parquet value is placed as its
+                                                text would be, without printing and parsing it
     One CASE branch per zone (the shops of a zone in one IN list: a group of a few hundred shops has a few
     zones). A zone whose offset is fixed (Asia/Shanghai since 1991, Asia/Tokyo, …: _fixed_zones) is plain
     arithmetic after its last change, ~30x faster than DuckDB's ICU conversion, and exactly the same. The ingest
@@ -727,5 +730,5 @@ def shop_macros(con: duckdb.DuckDBPyConnection, zones: list[tuple[str, str]]) ->
     con.execute(f"CREATE OR REPLACE TEMP MACRO crm_zone_utc(zone, l) AS {_by_zone_name(by_zone, lambda tz: to_utc(tz, 'l'))}")
     con.execute("CREATE OR REPLACE TEMP MACRO crm_zone_ts(t, zone) AS CASE WHEN crm_has_offset(t) THEN crm_ts_aware(t) "
                 "WHEN crm_is_wall_clock(t) THEN crm_zone_utc(zone, try_cast(t AS TIMESTAMP)) END")
-    con.execute("CREATE OR REPLACE TEMP MACRO crm_landed_ts(aware, naive, t, zone) AS "
-                "coalesce(aware, crm_zone_utc(zone, naive), crm_zone_ts(t, zone))")
+    con.execute("CREATE OR REPLACE TEMP MACRO crm_landed_ts(aware, wall, t, off, zone) AS "
+                "coalesce(aware, crm_zone_utc(zone, wall), CASE WHEN off THEN crm_ts_aware(t) END)")

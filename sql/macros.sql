@@ -18,6 +18,12 @@ CREATE OR REPLACE TEMP MACRO crm_ts_aware(t) AS CASE
 -- a timestamp without zone, read as wall-clock time, ends in a digit (DuckDB's own cast would drop a zone
 -- name it does not know, '… PST', and read the rest as local time)
 CREATE OR REPLACE TEMP MACRO crm_is_wall_clock(t) AS right(t, 1) BETWEEN '0' AND '9';
+-- text without a zone as a wall-clock timestamp; off is crm_has_offset(t), made a column of its own before:
+-- the staging models type each timestamp in three steps (offset, wall clock, instant: crm_landed_ts), each
+-- step's value a column, because a macro's argument is pasted into every use of it and the zone arithmetic
+-- uses the wall-clock time up to nine times (an expression there would parse the text at each use)
+CREATE OR REPLACE TEMP MACRO crm_wall_clock(t, off) AS
+    CASE WHEN NOT off AND crm_is_wall_clock(t) THEN try_cast(t AS TIMESTAMP) END;
 -- a local wall-clock time in zone tz as an instant. Across DST: a time that happens twice is the
 -- first one, a time that does not exist takes the offset from before the change (Python's fold=0)
 CREATE OR REPLACE TEMP MACRO crm_utc(l, tz) AS

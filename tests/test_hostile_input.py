@@ -280,7 +280,7 @@ def test_float_noise_in_a_parquet_amount_is_the_cent_it_means(con, landing):
         {"o1": "0.30", "o2": "59.97"}
 
 
-@pytest.mark.parametrize("text,expected", [
+ZONE_TEXTS = [
     ("2026-12-01 10:00:00 UTC", "2026-12-01T10:00:00+00:00"),
     ("2026-12-01T10:00:00 utc", "2026-12-01T10:00:00+00:00"),
     ("2026-12-01T10:00:00GMT", "2026-12-01T10:00:00+00:00"),
@@ -296,10 +296,34 @@ def test_float_noise_in_a_parquet_amount_is_the_cent_it_means(con, landing):
     ("2026-12-01T10:00:00+25:00", None),
     ("2026-12-01T10:00:00+14:30", None),
     ("2026-12-01T10:00:00+08:60", None),
-])
+]
+
+
+@pytest.mark.parametrize("text,expected", ZONE_TEXTS)
 def test_zone_suffixes_and_offsets(con, text, expected):
     got = con.execute("SELECT crm_shop_ts(crm_text(?), 's1')", [text]).fetchone()[0]
     assert got == (utc(expected) if expected else None)
+
+
+def test_the_ingest_types_every_timestamp_shape_as_the_one_expression_macro_does(con, landing):
+    """The staging models type a timestamp in steps, each a column (whether its text has an offset, its
+    wall-clock time, the instant: crm_wall_clock in sql/macros.sql says why): the same instants and the same
+    refusals as crm_shop_ts's single expression, for every shape, in a fixed zone (s1, Shanghai) and in one with
+    daylight saving time (s2, New York: a time the spring change skips, one the autumn change repeats)."""
+    texts = [t for t, _ in ZONE_TEXTS] + ["2026-03-08 02:30:00", "2026-11-01 01:30:00", "2026-07-01 12:00:00.25",
+                                          "2026-07-01T12:00:00-0300", "2026-07-01T12:00", "  2026-07-01 12:00:00 "]
+    shops = ("s1", "s2")
+    landing.csv("orders", "shapes.csv", [order(f"{shop}-{i}", shop_id=shop, paid_at=text, created_at="2020-01-01T00:00:00Z")
+                                         for shop in shops for i, text in enumerate(texts)])
+    load(con, landing.root)
+    got = dict(con.execute("SELECT order_id, paid_at FROM staging.orders").fetchall())
+    want = {f"{shop}-{i}": con.execute("SELECT crm_shop_ts(crm_text(?), ?)", [text, shop]).fetchone()[0]
+            for shop in shops for i, text in enumerate(texts)}
+    assert got == {k: v for k, v in want.items() if v is not None}
+    refused = {k for k, v in want.items() if v is None}
+    assert len(refused) == 2 * 7 and len(got) == 2 * (len(texts) - 7)
+    assert {row for row, reason in reasons(con).items() if reason.startswith("unparsable paid_at")} == \
+        {("shapes.csv", 1 + shops.index(k[:2]) * len(texts) + int(k[3:])) for k in refused}   # data rows from 1
 
 
 def test_a_zone_name_is_quarantined_never_read_as_local(con, landing):

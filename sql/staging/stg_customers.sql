@@ -22,18 +22,36 @@ cleaned as (
     from source
 ),
 
-typed as (
+offsets as (
+    -- whether each timestamp's text names its zone (crm_has_offset), once per value
     select
         cleaned.*,
+        crm_has_offset(registered_at_txt) as registered_at__off,
+        crm_has_offset(updated_at_txt) as updated_at__off
+    from cleaned
+),
+
+walls as (
+    -- the naive timestamps as wall-clock times: a Parquet TIMESTAMP, or text without offset (crm_wall_clock)
+    select
+        offsets.*,
+        coalesce(registered_at__naive, crm_wall_clock(registered_at_txt, registered_at__off)) as registered_at__wall,
+        coalesce(updated_at__naive, crm_wall_clock(updated_at_txt, updated_at__off)) as updated_at__wall
+    from offsets
+),
+
+typed as (
+    select
+        walls.*,
         shops.timezone                                    as tz,
         shops.phone_region,
         crm_e164(phone_txt, shops.phone_region)           as phone,   -- E.164 (crm/phones.py)
         coalesce(member_level__typed, crm_int(member_level_txt))                      as member_level,
-        crm_landed_ts(registered_at__typed, registered_at__naive, registered_at_txt, shops.timezone) as registered_at,
+        crm_landed_ts(registered_at__typed, registered_at__wall, registered_at_txt, registered_at__off, shops.timezone) as registered_at,
         coalesce(opt_out__typed, crm_bool(opt_out_txt))                               as opt_out_parsed,
-        crm_landed_ts(updated_at__typed, updated_at__naive, updated_at_txt, shops.timezone) as updated_at
-    from cleaned
-    left join ops.shops as shops on shops.shop_id = cleaned.shop_id
+        crm_landed_ts(updated_at__typed, updated_at__wall, updated_at_txt, updated_at__off, shops.timezone) as updated_at
+    from walls
+    left join ops.shops as shops on shops.shop_id = walls.shop_id
 ),
 
 checked as (

@@ -35,26 +35,54 @@ cleaned as (
     from source
 ),
 
-typed as (
+offsets as (
+    -- whether each timestamp's text names its zone (crm_has_offset), once per value
     select
         cleaned.*,
+        crm_has_offset(created_at_txt) as created_at__off,
+        crm_has_offset(paid_at_txt) as paid_at__off,
+        crm_has_offset(shipped_at_txt) as shipped_at__off,
+        crm_has_offset(delivered_at_txt) as delivered_at__off,
+        crm_has_offset(closed_at_txt) as closed_at__off,
+        crm_has_offset(refunded_at_txt) as refunded_at__off,
+        crm_has_offset(updated_at_txt) as updated_at__off
+    from cleaned
+),
+
+walls as (
+    -- the naive timestamps as wall-clock times: a Parquet TIMESTAMP, or text without offset (crm_wall_clock)
+    select
+        offsets.*,
+        coalesce(created_at__naive, crm_wall_clock(created_at_txt, created_at__off)) as created_at__wall,
+        coalesce(paid_at__naive, crm_wall_clock(paid_at_txt, paid_at__off)) as paid_at__wall,
+        coalesce(shipped_at__naive, crm_wall_clock(shipped_at_txt, shipped_at__off)) as shipped_at__wall,
+        coalesce(delivered_at__naive, crm_wall_clock(delivered_at_txt, delivered_at__off)) as delivered_at__wall,
+        coalesce(closed_at__naive, crm_wall_clock(closed_at_txt, closed_at__off)) as closed_at__wall,
+        coalesce(refunded_at__naive, crm_wall_clock(refunded_at_txt, refunded_at__off)) as refunded_at__wall,
+        coalesce(updated_at__naive, crm_wall_clock(updated_at_txt, updated_at__off)) as updated_at__wall
+    from offsets
+),
+
+typed as (
+    select
+        walls.*,
         shops.timezone                                    as tz,
         -- timestamps, naive ones (text or Parquet) in the shop's zone
-        crm_landed_ts(created_at__typed, created_at__naive, created_at_txt, shops.timezone) as created_at,
-        crm_landed_ts(paid_at__typed, paid_at__naive, paid_at_txt, shops.timezone) as paid_at,
-        crm_landed_ts(shipped_at__typed, shipped_at__naive, shipped_at_txt, shops.timezone) as shipped_at,
-        crm_landed_ts(delivered_at__typed, delivered_at__naive, delivered_at_txt, shops.timezone) as delivered_at,
-        crm_landed_ts(closed_at__typed, closed_at__naive, closed_at_txt, shops.timezone) as closed_at,
-        crm_landed_ts(refunded_at__typed, refunded_at__naive, refunded_at_txt, shops.timezone) as refunded_at,
-        crm_landed_ts(updated_at__typed, updated_at__naive, updated_at_txt, shops.timezone) as updated_at,
+        crm_landed_ts(created_at__typed, created_at__wall, created_at_txt, created_at__off, shops.timezone) as created_at,
+        crm_landed_ts(paid_at__typed, paid_at__wall, paid_at_txt, paid_at__off, shops.timezone) as paid_at,
+        crm_landed_ts(shipped_at__typed, shipped_at__wall, shipped_at_txt, shipped_at__off, shops.timezone) as shipped_at,
+        crm_landed_ts(delivered_at__typed, delivered_at__wall, delivered_at_txt, delivered_at__off, shops.timezone) as delivered_at,
+        crm_landed_ts(closed_at__typed, closed_at__wall, closed_at_txt, closed_at__off, shops.timezone) as closed_at,
+        crm_landed_ts(refunded_at__typed, refunded_at__wall, refunded_at_txt, refunded_at__off, shops.timezone) as refunded_at,
+        crm_landed_ts(updated_at__typed, updated_at__wall, updated_at_txt, updated_at__off, shops.timezone) as updated_at,
         -- money
         coalesce(total_amount__typed, crm_money(total_amount_txt))                     as total_amount,
         coalesce(upper(currency_txt), 'CNY')              as currency,
         -- the shop of the order_id as loaded before this run
         loaded.shop_id                                    as loaded_shop_id
-    from cleaned
-    left join ops.shops as shops on shops.shop_id = cleaned.shop_id
-    left join staging.orders as loaded on loaded.order_id = cleaned.order_id
+    from walls
+    left join ops.shops as shops on shops.shop_id = walls.shop_id
+    left join staging.orders as loaded on loaded.order_id = walls.order_id
 ),
 
 checked as (

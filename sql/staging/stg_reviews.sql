@@ -20,15 +20,31 @@ cleaned as (
     from source
 ),
 
-typed as (
+offsets as (
+    -- whether each timestamp's text names its zone (crm_has_offset), once per value
     select
         cleaned.*,
-        shops.timezone                                                   as tz,
-        created_at__typed is not null or coalesce(crm_has_offset(created_at_txt), false) as has_offset,
-        crm_landed_ts(created_at__typed, created_at__naive, created_at_txt, shops.timezone) as created_at,
-        coalesce(rating__typed, crm_int(rating_txt))                                     as rating
+        crm_has_offset(created_at_txt) as created_at__off
     from cleaned
-    left join staging.orders as orders on orders.order_id = cleaned.order_id
+),
+
+walls as (
+    -- the naive timestamps as wall-clock times: a Parquet TIMESTAMP, or text without offset (crm_wall_clock)
+    select
+        offsets.*,
+        coalesce(created_at__naive, crm_wall_clock(created_at_txt, created_at__off)) as created_at__wall
+    from offsets
+),
+
+typed as (
+    select
+        walls.*,
+        shops.timezone                                                   as tz,
+        created_at__typed is not null or coalesce(created_at__off, false)          as has_offset,
+        crm_landed_ts(created_at__typed, created_at__wall, created_at_txt, created_at__off, shops.timezone) as created_at,
+        coalesce(rating__typed, crm_int(rating_txt))                                     as rating
+    from walls
+    left join staging.orders as orders on orders.order_id = walls.order_id
     left join ops.shops as shops on shops.shop_id = orders.shop_id
 ),
 

@@ -21,15 +21,31 @@ cleaned as (
     from source
 ),
 
-typed as (
+offsets as (
+    -- whether each timestamp's text names its zone (crm_has_offset), once per value
     select
         cleaned.*,
-        crm_landed_ts(created_at__typed, created_at__naive, created_at_txt,
+        crm_has_offset(created_at_txt) as created_at__off
+    from cleaned
+),
+
+walls as (
+    -- the naive timestamps as wall-clock times: a Parquet TIMESTAMP, or text without offset (crm_wall_clock)
+    select
+        offsets.*,
+        coalesce(created_at__naive, crm_wall_clock(created_at_txt, created_at__off)) as created_at__wall
+    from offsets
+),
+
+typed as (
+    select
+        walls.*,
+        crm_landed_ts(created_at__typed, created_at__wall, created_at_txt, created_at__off,
                       coalesce(shops.timezone, default_shop.timezone))                     as created_at,
         coalesce(shops.phone_region, default_shop.phone_region)                    as phone_region,
         crm_e164(phone_txt, coalesce(shops.phone_region, default_shop.phone_region)) as phone  -- E.164
-    from cleaned
-    left join staging.customers as customers on customers.customer_id = cleaned.customer_id
+    from walls
+    left join staging.customers as customers on customers.customer_id = walls.customer_id
     left join ops.shops as shops on shops.shop_id = customers.shop_id
     cross join (select shop_id, timezone, phone_region from ops.shops where position = 0) as default_shop
 ),

@@ -13,10 +13,12 @@ one line (ExtensionError), before DuckDB sees the file.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import importlib.util
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -84,17 +86,33 @@ def load(con: duckdb.DuckDBPyConnection, names: tuple[str, ...] | list[str] = NA
     """Install (from the wheel, once per extension directory) and load each extension on `con`; every path
     is checked before DuckDB reads it. `con` should have been made with :func:`config`'s settings."""
     paths = {name: binary(name) for name in names}     # all checked before any is loaded
-    extension_directory().mkdir(parents=True, exist_ok=True)
-    installed = {n for (n,) in con.execute(
-        "SELECT extension_name FROM duckdb_extensions() WHERE installed AND install_path <> ''").fetchall()}
-    for name, path in paths.items():
+    folder = extension_directory()
+    folder.mkdir(parents=True, exist_ok=True)
+    with _installing(folder):
+        installed = {n for (n,) in con.execute(
+            "SELECT extension_name FROM duckdb_extensions() WHERE installed AND install_path <> ''").fetchall()}
+        for name, path in paths.items():
+            try:
+                if name not in installed and LISTED_AS.get(name) not in installed:
+                    con.execute(f"INSTALL '{_quote(str(path))}'")
+                con.execute(f"LOAD {name}")
+            except duckdb.Error as e:
+                raise ExtensionError(f"the DuckDB extension {name!r} ({path}) could not be loaded: "
+                                     f"{str(e).splitlines()[0]}") from None
+
+
+@contextmanager
+def _installing(folder: Path):
+    """One process at a time installs into and loads from `folder`. DuckDB's INSTALL replaces a binary that is
+    there, so without this, processes that start together on a new environment (a shop group's workers) saw
+    another's INSTALL remove the file they were loading ("Extension … not found"). Held for milliseconds once the
+    binaries are installed; the lock goes with the process."""
+    with open(folder / ".install.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if name not in installed and LISTED_AS.get(name) not in installed:
-                con.execute(f"INSTALL '{_quote(str(path))}'")
-            con.execute(f"LOAD {name}")
-        except duckdb.Error as e:
-            raise ExtensionError(f"the DuckDB extension {name!r} ({path}) could not be loaded: "
-                                 f"{str(e).splitlines()[0]}") from None
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def connect(database: str = ":memory:", names: tuple[str, ...] | list[str] = NAMES,

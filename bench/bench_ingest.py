@@ -151,15 +151,21 @@ def make_data(kind: str, orders: int, work: Path) -> tuple[Path, Path, datetime]
     return data / "landing", data / "shops.toml", generate.ANCHOR
 
 
+def _link_files(landing: Path, dest: Path) -> None:
+    """`dest` holds a link to every file under `landing`, at the same place (to the file itself, so that a folder
+    of links can be linked again)."""
+    for f in landing.rglob("*"):
+        if f.is_file():
+            (dest / f.relative_to(landing)).parent.mkdir(parents=True, exist_ok=True)
+            (dest / f.relative_to(landing)).symlink_to(f.resolve())
+
+
 def with_extra(kind: str, data: Path, landing: Path, fraction: float) -> Path:
     """A landing folder holding (links to) every file of `landing` plus a later drop of `fraction` more
     orders: the next scheduled ingest of a shop group."""
     plus = data / f"landing-plus-{fraction:g}"
     if not plus.exists():
-        for f in landing.rglob("*"):
-            if f.is_file():
-                (plus / f.relative_to(landing)).parent.mkdir(parents=True, exist_ok=True)
-                (plus / f.relative_to(landing)).symlink_to(f)
+        _link_files(landing, plus)
         if kind == "demo":
             raise SystemExit("--extra needs the bench generator's data (not --data demo)")
         from bench import generate
@@ -175,10 +181,7 @@ def with_one_order(landing: Path) -> Path:
 
     one = landing.parent / f"{landing.name}-one"
     if not one.exists():
-        for f in landing.rglob("*"):
-            if f.is_file():
-                (one / f.relative_to(landing)).parent.mkdir(parents=True, exist_ok=True)
-                (one / f.relative_to(landing)).symlink_to(f.resolve())
+        _link_files(landing, one)
         newest = max((landing / "orders").glob("*.csv"), key=lambda f: f.name)
         target = one / "orders" / f"{newest.stem}_one_more.csv"
         duckdb.sql(f"COPY (SELECT * REPLACE ('9' || order_id[2:] AS order_id) FROM read_csv('{newest}', all_varchar = true) "

@@ -3,7 +3,8 @@
 It is scripted per message: `script[message_id]` is a list of behaviours used one per request
 ('ok', ('status', 503), ('retry_after', 429, seconds), ('slow', seconds), ('status', 400, 'bad number'),
 ('broken_body',): accepted, answered 200 with a body that does not decode);
-without a script every request is answered 200 after `delay` seconds; with `down` set, every one 503. Like a real gateway it honours
+without a script every request is answered 200 after `delay` seconds; with `down` set, every one 503; after `hold()` every one waits
+unanswered until `release()`. Like a real gateway it honours
 Idempotency-Key: a message is *accepted* once, and a repeat of an accepted key gets 200 again
 without being accepted twice (`repeats` counts those).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections import defaultdict
 from urllib.parse import unquote
@@ -35,6 +37,8 @@ class Gateway:
         self.repeats = 0
         self.missing_key = 0
         self.down = False            # True: every request answered 503, as a gateway in an outage
+        self.gate = threading.Event()    # cleared (`hold()`): every request waits until it is set again
+        self.gate.set()
         self._server: Loopback | None = None
         self.url = ""
 
@@ -51,6 +55,8 @@ class Gateway:
                 self.bad_signatures += 1
                 return PlainTextResponse("bad signature", status_code=401)
         payload = await request.json()
+        while not self.gate.is_set():
+            await asyncio.sleep(0.02)
         if not key or key != payload.get("message_id"):
             self.missing_key += 1
             return PlainTextResponse("missing Idempotency-Key", status_code=400)
@@ -82,7 +88,15 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self._server.port}/send"
         return self
 
+    def hold(self) -> None:
+        """Requests from now on wait, unanswered, until `release()` (a sender that is mid-send)."""
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
     def stop(self) -> None:
+        self.gate.set()
         if self._server:
             self._server.stop()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-
+import threading
 import time
 import uuid
 
@@ -19,20 +19,36 @@ from planning import local
 
 
 def test_two_dispatches_started_at_once_send_each_message_once(local_server, tmp_path):
-    gw = Gateway(delay=0.02).start()
+    gw = Gateway().start()
+    gw.hold()            # whichever run gets the lock is held mid-send until the other has said it waits
     try:
         db, config = local_server.parent / "twice.duckdb", tmp_path / "shops.toml"
         shop_with_orders(db, config, gw.url, 40)
+        config.write_text(config.read_text().replace("timeout_seconds = 2", "timeout_seconds = 200"))
         args = [str(BIN), "--db", str(db), "--config", str(config), "dispatch", "--as-of", T.isoformat()]
         env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
         runs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for _ in range(2)]
-        outputs = [r.communicate(timeout=240) for r in runs]
-        assert [r.returncode for r in runs] == [0, 0], outputs
+        lines = {(i, name): [] for i in range(2) for name in ("out", "err")}       # read as the runs print
+        readers = [threading.Thread(target=lambda stream=getattr(runs[i], f"std{name}"), into=into: into.extend(stream),
+                                    daemon=True) for (i, name), into in lines.items()]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + 150
+        while not any("another dispatch is running" in line for out in lines.values() for line in out):
+            assert time.monotonic() < deadline and all(r.poll() is None for r in runs), lines
+            time.sleep(0.1)
+        assert not gw.accepted, "nothing was answered while the gateway held the first request"
+        gw.release()
+        for r in runs:
+            r.wait(timeout=240)
+        for reader in readers:
+            reader.join(timeout=10)
+        outputs = ["".join(lines[i, "out"]) for i in range(2)]
+        assert [r.returncode for r in runs] == [0, 0], lines
         assert len(gw.accepted) == 40 and gw.repeats == 0, "no message was sent twice"
-        sent = sorted(int(out.split("sent ")[1].split(",")[0]) for out, _ in outputs)
-        assert sent == [0, 40], "one run sent everything, the other found nothing left"
-        assert any("another dispatch is running" in out + err for out, err in outputs), "the second one said it waited"
+        sent = sorted(int(out.split("sent ")[1].split(",")[0]) for out in outputs)
+        assert sent == [0, 40], "the one that waited found nothing left to send"
         con = duckdb.connect(str(db), read_only=True)
         assert con.execute("SELECT status, count(*) FROM ops.messages GROUP BY 1").fetchall() == [("sent", 40)]
         con.close()

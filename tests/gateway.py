@@ -39,11 +39,20 @@ class Gateway:
         self.down = False            # True: every request answered 503, as a gateway in an outage
         self.gate = threading.Event()    # cleared (`hold()`): every request waits until it is set again
         self.gate.set()
+        self.held = 0                    # requests that came while the gate was closed
+        self.in_progress = 0             # requests being answered now
         self._server: Loopback | None = None
         self.url = ""
 
     # ------------------------------------------------------------------ app
     async def _send(self, request: Request):
+        self.in_progress += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_progress -= 1
+
+    async def _answer(self, request: Request):
         # the key is the message id, percent-encoded where it is not printable ASCII (docs/rules.md §7)
         key = unquote(request.headers.get("idempotency-key") or "")
         if self.secret:
@@ -55,8 +64,10 @@ class Gateway:
                 self.bad_signatures += 1
                 return PlainTextResponse("bad signature", status_code=401)
         payload = await request.json()
-        while not self.gate.is_set():
-            await asyncio.sleep(0.02)
+        if not self.gate.is_set():
+            self.held += 1
+            while not self.gate.is_set():
+                await asyncio.sleep(0.02)
         if not key or key != payload.get("message_id"):
             self.missing_key += 1
             return PlainTextResponse("missing Idempotency-Key", status_code=400)

@@ -16,7 +16,7 @@ from conftest import BIN
 from dispatching import T, sms_crowd
 from gateway import Gateway
 
-N = 60          # 4 at a time, 0.2 s each: about 3 s of sending
+N = 60          # 4 at a time, 0.2 s each: about 3 s of sending (and the gateway held while the other process works)
 
 # another process, as the agents' page will: short connections that wait on the lock (crm.db.connect),
 # a row written and the writing connection held a moment (so a flush of the dispatch meets the lock), then a read
@@ -46,6 +46,7 @@ def test_the_database_stays_open_to_others_while_a_dispatch_sends(local_server, 
         db = local_server.parent / "lock.duckdb"
         config = tmp_path / "shops.toml"
         sms_crowd(db, config, gw.url, N)
+        config.write_text(config.read_text().replace("timeout_seconds = 2", "timeout_seconds = 120"))
 
         args = [str(BIN), "--db", str(db), "--config", str(config), "dispatch", "--as-of", T.isoformat()]
         env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
@@ -57,8 +58,10 @@ def test_the_database_stays_open_to_others_while_a_dispatch_sends(local_server, 
                 time.sleep(0.02)
             assert proc.poll() is None and len(gw.accepted) < N, "the dispatch was not sending: " + proc.stderr.read()[-2000:]
 
+            gw.hold()            # the dispatch is mid-send for as long as the other process takes, however slow
             probe = subprocess.run([sys.executable, "-c", PROBE, str(db)], capture_output=True, text=True, timeout=60)
             still_sending = proc.poll() is None and len(gw.accepted) < N
+            gw.release()
             assert probe.returncode == 0, "the database stayed locked while the dispatch was sending: " + probe.stderr[-1500:]
             opened = json.loads(probe.stdout)
             assert opened["write"] < 2 and opened["read"] < 2, opened
@@ -89,9 +92,17 @@ def test_the_database_stays_open_to_others_while_a_dispatch_sends(local_server, 
 
 HOLDER = """
 import sys, time, duckdb
-con = duckdb.connect(sys.argv[1])
+deadline = time.monotonic() + 30
+while True:                        # the sender's own record of a batch may hold the file a moment
+    try:
+        con = duckdb.connect(sys.argv[1])
+        break
+    except duckdb.IOException:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.02)
 print("holding", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()               # until the test says
 con.close()
 """
 
@@ -108,7 +119,7 @@ def test_sending_goes_on_while_another_process_holds_the_file_and_no_outcome_is_
     from crm.db import connect, sync_shops
     from transforms.dispatch import send_queued, write_outbox
 
-    n, hold = 240, 1.5                     # 4 at a time, 0.05 s each: about 3 s of sending
+    n = 240                                # 4 at a time, 0.05 s each: about 3 s of sending
     gw = Gateway(delay=0.05).start()
     try:
         db = tmp_path / "held.duckdb"
@@ -121,7 +132,7 @@ def test_sending_goes_on_while_another_process_holds_the_file_and_no_outcome_is_
             "template": ["payment_reminder/new"] * n, "created_at": [now] * n, "segments": [1] * n,
         }), now)
         settings = parse_settings({"shops": [{"shop_id": "s1"}], "gateway": {
-            "webhook_url": gw.url, "concurrency": 4, "backoff_seconds": 0.01, "timeout_seconds": 2}})
+            "webhook_url": gw.url, "concurrency": 4, "backoff_seconds": 0.01, "timeout_seconds": 120}})
         sync_shops(con, settings)             # as every dispatch does before it sends
         con.close()
 
@@ -131,11 +142,20 @@ def test_sending_goes_on_while_another_process_holds_the_file_and_no_outcome_is_
         deadline = time.monotonic() + 30
         while len(gw.accepted) < 20 and time.monotonic() < deadline:
             time.sleep(0.01)
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), str(hold)], stdout=subprocess.PIPE, text=True)
+        # the gateway waits while the other process starts (however slow), so the sending is not over before it
+        # holds the file; then sending goes on for 41 more messages, and the gateway waits again while it lets go
+        gw.hold()
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "holding"
-        held_from = time.monotonic()
-        holder.wait(timeout=30)
+        held_from, accepted_at_hold = time.monotonic(), len(gw.accepted)
+        gw.release()
+        while len(gw.accepted) <= accepted_at_hold + 40 and time.monotonic() < deadline + 30:
+            time.sleep(0.01)
+        gw.hold()
+        holder.communicate("\n", timeout=30)
         held_until, accepted_by_then = time.monotonic(), len(gw.accepted)
+        gw.release()
         sender.join(timeout=60)
         assert not sender.is_alive()
 

@@ -96,13 +96,17 @@ def test_a_check_that_got_old_while_a_slow_batch_went_is_made_again(gateway, tmp
         deadline = time.monotonic() + 20
         while len(checks) < 2 and time.monotonic() < deadline:     # the first listing, then batch 2's check
             time.sleep(0.01)
-        con = connect(db, setup=False)
         try:
-            con.execute("UPDATE staging.customers SET opt_out = true WHERE customer_id = 'c2'")
+            con = connect(db, setup=False)
+            try:
+                con.execute("UPDATE staging.customers SET opt_out = true WHERE customer_id = 'c2'")
+            finally:
+                con.close()
+            opted.set()
         finally:
-            con.close()
-        opted.set()
+            gateway.release()
 
+    gateway.hold()                 # batch 1 waits at the gateway until the opt-out is in, however slow this thread
     thread = threading.Thread(target=opt_out_once_the_next_batch_was_checked)
     thread.start()
     r = send_queued(db, settings, T + timedelta(minutes=1), batch=2, fresh_seconds=0.5)

@@ -79,21 +79,28 @@ def test_in_quiet_hours_a_queued_reminder_waits_untouched(queued):
 
 def test_an_opt_out_during_a_run_stops_the_later_batches(queued):
     db, settings, gw = queued
-    gw.delay = 0.05                                  # 4 at a time: ~0.5 s a batch of 40 … of 10
+    gw.delay = 0.05                                  # 4 at a time: ~0.15 s a batch of 10
+    settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"timeout_seconds": 120})})
     opted = threading.Event()
 
-    def opt_out_when_the_first_batch_went() -> None:
+    def opt_out_while_the_first_batch_is_at_the_gateway() -> None:
+        # the first batch waits at the gateway until the opt-out is in: the fourth batch (c30-c39) is checked
+        # when the third starts, after it, however slowly this thread gets to the database
         deadline = time.monotonic() + 20
-        while len(gw.accepted) < 5 and time.monotonic() < deadline:
+        while not gw.held and time.monotonic() < deadline:
             time.sleep(0.01)
-        con = connect(db, setup=False)
         try:
-            con.execute("UPDATE staging.customers SET opt_out = true WHERE customer_id = 'c39'")
+            con = connect(db, setup=False)
+            try:
+                con.execute("UPDATE staging.customers SET opt_out = true WHERE customer_id = 'c39'")
+            finally:
+                con.close()
+            opted.set()
         finally:
-            con.close()
-        opted.set()
+            gw.release()
 
-    thread = threading.Thread(target=opt_out_when_the_first_batch_went)
+    gw.hold()
+    thread = threading.Thread(target=opt_out_while_the_first_batch_is_at_the_gateway)
     thread.start()
     r = send_queued(db, settings, T + timedelta(minutes=10), batch=10)
     thread.join()

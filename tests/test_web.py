@@ -34,7 +34,7 @@ from crm.db import session
 with session(sys.argv[1], load_settings(sys.argv[2])) as con:
     con.execute("UPDATE staging.customers SET city = '宁波' WHERE customer_id = 'c2'")
     print("holding", flush=True)
-    time.sleep(float(sys.argv[3]))
+    sys.stdin.readline()           # until the test lets go
 """
 
 
@@ -212,8 +212,8 @@ def test_every_refusal_has_its_words_in_both_languages():
 def test_a_save_while_a_flow_holds_the_file_too_long_says_so_in_the_shops_language(tmp_path):
     # the page (in this process, for its 1 s write wait) while another process holds the file as a flow does
     db, config = workspace.make(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db), str(config), "30"], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db), str(config)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
         with workspace.served_here(db, config, write_wait=1.0) as url, workspace.Agent(url, timeout=30) as client:
@@ -255,7 +255,8 @@ def test_the_page_works_while_a_flow_holds_the_file(served):
     server, db, config = served
     copy = analytics_path(db)
     os.utime(copy, (workspace.T.timestamp(), workspace.T.timestamp()))      # published at T (11:30 Shanghai)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db), str(config), "8"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(db), str(config)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     saved = {}
     try:
         assert holder.stdout.readline().strip() == "holding"
@@ -268,6 +269,8 @@ def test_the_page_works_while_a_flow_holds_the_file(served):
             pages = [client.get(path) for path in ("/shops/s1", "/", "/shops/s1/calls/o-mid", "/shops/s1")]
         assert [p.status_code for p in pages] == [200] * 4
         assert holder.poll() is None and save.is_alive(), "answered while the flow held the file and the save waited"
+        holder.stdin.write("\n")                 # the flow is done
+        holder.stdin.close()
         assert "o-bad" in pages[0].text and "有流程正在写入数据库" in pages[0].text, "read from the published copy"
         save.join(30)
         assert saved["r"].status_code == 303, saved["r"].text

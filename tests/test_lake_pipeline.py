@@ -200,6 +200,70 @@ def test_crm_storage_maintain_merges_files_and_expires_snapshots_keeping_the_row
     assert on_file.returncode == 0 and 'kind = "duckdb": nothing to maintain' in on_file.stdout, on_file.stderr[-2000:]
 
 
+def test_hashes_another_partitions_run_wrote_a_moment_before_are_kept_and_the_ingest_goes_on(postgres, tmp_path,  # noqa: F811
+                                                                                               monkeypatch):
+    """Partitions share ops.file_hashes in PostgreSQL and hash the same landing files at once. CI met the race: the
+    other run's rows went in between this run's DELETE and its write, and DuckDB's postgres extension (an INSERT is a
+    COPY there; ON CONFLICT does not reach PostgreSQL) failed the ingest on a duplicate key. Here the other run
+    writes two of the paths at exactly that moment."""
+    import threading
+    import time
+
+    import duckdb
+    import psycopg
+
+    import transforms.ingest as ingest
+
+    generate(tmp_path, orders=200, anchor=T)
+    lake = load_settings(tmp_path / "shops.toml")
+    lake = lake.model_copy(update={"storage": lake_of(postgres, tmp_path / "lake")})
+    files, _ = ingest.discover(tmp_path / "landing")
+    real, raced = ingest._insert_rows, []
+
+    def the_other_run_first(con, insert, rows, types, tail=""):
+        # the other run has written two of the paths, not committed yet: this write reads no conflict, then waits
+        # on them in PostgreSQL's unique index; the other run commits once this one waits there
+        if "file_hashes" not in insert or raced:
+            return real(con, insert, rows, types, tail)
+        raced.append(len(rows))
+        other = psycopg.connect(lake.storage.ops_dsn)
+        other.cursor().executemany("INSERT INTO public.file_hashes VALUES (%s, %s, %s, %s, %s, %s)", rows[:2])
+
+        def commit_once_the_write_waits() -> None:
+            with psycopg.connect(lake.storage.ops_dsn, autocommit=True) as watch:
+                deadline = time.monotonic() + 60
+                while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND datname = current_database()").fetchone()[0]:
+                    assert time.monotonic() < deadline, "this run's write never met the other's rows"
+                    time.sleep(0.02)
+            other.commit()
+            other.close()
+
+        committer = threading.Thread(target=commit_once_the_write_waits)
+        committer.start()
+        try:
+            return real(con, insert, rows, types, tail)
+        finally:
+            committer.join()
+
+    monkeypatch.setattr(ingest, "_insert_rows", the_other_run_first)
+    with session(tmp_path / "crm.duckdb", lake, lake=True) as con:
+        new = ingest.select_new(con, files)
+        hashes = dict(con.execute("SELECT path, file_hash FROM opsdb.file_hashes").fetchall())
+    assert raced == [len(files)] and len(files) > 2
+    assert {f.sha256 for f in new} == {f.sha256 for f in files}, "every file is new to this partition"
+    assert hashes == {str(f.path): f.sha256 for f in files}, "one row a path, the right hash"
+
+    def broken(con, insert, rows, types, tail=""):
+        raise duckdb.IOException("connection to PostgreSQL lost")
+
+    monkeypatch.setattr(ingest, "_insert_rows", broken)
+    for f in files:
+        f.path.touch()                                  # new identities: each is hashed and written again
+    with session(tmp_path / "crm.duckdb", lake, lake=True) as con, pytest.raises(duckdb.IOException, match="lost"):
+        ingest.select_new(con, files)                  # another failure, none of the paths there: not the race
+
+
 def test_two_partitions_at_once_give_together_the_marts_of_one_file(postgres, tmp_path, local_server):  # noqa: F811
     """[storage] partitions = 4 puts the demo's s1 in partition 2 and s2, s3 in partition 3 (crm/storage/partitions.py).
     Both partitions ingest the same landing folder and plan, as two `crm` processes at the same time: neither refuses

@@ -231,6 +231,32 @@ def _insert_rows(con, insert: str, rows: list[tuple], types: tuple[str, ...], ta
     con.execute(f"{insert} SELECT {cols}{tail}", [list(c) for c in zip(*rows)])
 
 
+def _remember_shared_hashes(con: duckdb.DuckDBPyConnection, hashed: list[tuple], types: tuple[str, ...],
+                            attempts: int = 5) -> None:
+    """The hashes into ops.file_hashes in PostgreSQL, which the other partitions' runs share and may be writing for
+    the same paths this moment: the stale rows out, then the new ones in unless another run has just put them there.
+
+    DuckDB's postgres extension writes an INSERT with COPY, and its ON CONFLICT does not reach PostgreSQL: a row
+    another run put there between the DELETE and the COPY fails the whole COPY with a duplicate key. The rows are a
+    cache of the same file's hash (whoever wrote it), so after a failed write the paths now there are left as they
+    are and the rest written again; a failure with none of these paths there is not that race, and is raised."""
+    table = f"{layout.OPS}.file_hashes"
+    paths = [h[0] for h in hashed]
+    con.execute(f"DELETE FROM {table} WHERE path IN (SELECT unnest(?::VARCHAR[]))", [paths])
+    for attempt in range(attempts):
+        try:
+            _insert_rows(con, f"INSERT INTO {table}", hashed, types, " ON CONFLICT DO NOTHING")
+            return
+        except duckdb.Error:
+            there = {r[0] for r in con.execute(f"SELECT path FROM {table} WHERE path IN (SELECT unnest(?::VARCHAR[]))",
+                                               [[h[0] for h in hashed]]).fetchall()}
+            if not there or attempt == attempts - 1:
+                raise
+            hashed = [h for h in hashed if h[0] not in there]
+            if not hashed:
+                return
+
+
 def select_new(con: duckdb.DuckDBPyConnection, files: list[LandingFile], step: Step | None = None) -> list[LandingFile]:
     """The files whose content the manifest has not seen (each content once, at its first path).
 
@@ -255,11 +281,7 @@ def select_new(con: duckdb.DuckDBPyConnection, files: list[LandingFile], step: S
     if hashed:
         types = ("VARCHAR", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR")
         if layout.on_lake(con):
-            # PostgreSQL, shared with the other partitions' runs, which may be hashing the same paths this moment:
-            # the stale rows out, then the new ones in unless another run has just put them there
-            con.execute(f"DELETE FROM {layout.OPS}.file_hashes WHERE path IN (SELECT unnest(?::VARCHAR[]))",
-                        [[h[0] for h in hashed]])
-            _insert_rows(con, f"INSERT INTO {layout.OPS}.file_hashes", hashed, types, " ON CONFLICT DO NOTHING")
+            _remember_shared_hashes(con, hashed, types)
         else:
             _insert_rows(con, "INSERT OR REPLACE INTO ops.file_hashes", hashed, types)
     # on a partitioned lake, what this partition loaded: the manifest is shared by the partitions

@@ -200,15 +200,38 @@ def test_crm_storage_maintain_merges_files_and_expires_snapshots_keeping_the_row
     assert on_file.returncode == 0 and 'kind = "duckdb": nothing to maintain' in on_file.stdout, on_file.stderr[-2000:]
 
 
+def _commit_once_a_write_waits(dsn: str, other):
+    """A thread that commits `other` (a psycopg connection holding rows not committed yet) once a session of its
+    database waits on a lock: this run's COPY, which read no conflict, now waits on those rows in the unique index."""
+    import threading
+    import time
+
+    import psycopg
+
+    def commit() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as watch:
+                deadline = time.monotonic() + 60
+                while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND datname = current_database()").fetchone()[0]:
+                    if time.monotonic() > deadline:
+                        return                              # the test's assertions say what went wrong
+                    time.sleep(0.02)
+            other.commit()
+        finally:
+            other.close()
+
+    thread = threading.Thread(target=commit)
+    thread.start()
+    return thread
+
+
 def test_hashes_another_partitions_run_wrote_a_moment_before_are_kept_and_the_ingest_goes_on(postgres, tmp_path,  # noqa: F811
                                                                                                monkeypatch):
     """Partitions share ops.file_hashes in PostgreSQL and hash the same landing files at once. CI met the race: the
     other run's rows went in between this run's DELETE and its write, and DuckDB's postgres extension (an INSERT is a
     COPY there; ON CONFLICT does not reach PostgreSQL) failed the ingest on a duplicate key. Here the other run
     writes two of the paths at exactly that moment."""
-    import threading
-    import time
-
     import duckdb
     import psycopg
 
@@ -228,19 +251,7 @@ def test_hashes_another_partitions_run_wrote_a_moment_before_are_kept_and_the_in
         raced.append(len(rows))
         other = psycopg.connect(lake.storage.ops_dsn)
         other.cursor().executemany("INSERT INTO public.file_hashes VALUES (%s, %s, %s, %s, %s, %s)", rows[:2])
-
-        def commit_once_the_write_waits() -> None:
-            with psycopg.connect(lake.storage.ops_dsn, autocommit=True) as watch:
-                deadline = time.monotonic() + 60
-                while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                        "AND datname = current_database()").fetchone()[0]:
-                    assert time.monotonic() < deadline, "this run's write never met the other's rows"
-                    time.sleep(0.02)
-            other.commit()
-            other.close()
-
-        committer = threading.Thread(target=commit_once_the_write_waits)
-        committer.start()
+        committer = _commit_once_a_write_waits(lake.storage.ops_dsn, other)
         try:
             return real(con, insert, rows, types, tail)
         finally:
@@ -261,7 +272,38 @@ def test_hashes_another_partitions_run_wrote_a_moment_before_are_kept_and_the_in
     for f in files:
         f.path.touch()                                  # new identities: each is hashed and written again
     with session(tmp_path / "crm.duckdb", lake, lake=True) as con, pytest.raises(duckdb.IOException, match="lost"):
-        ingest.select_new(con, files)                  # another failure, none of the paths there: not the race
+        ingest.select_new(con, files)                  # any other failure is raised at once
+
+
+def test_a_message_another_worker_wrote_a_moment_before_is_one_row_and_the_outbox_write_goes_on(postgres, tmp_path):  # noqa: F811
+    """Two dispatch workers of one unpartitioned lake plan the same messages and write them at once: the other
+    worker's row, committed while this write's COPY waits on it, stays the one row; this worker's others go in."""
+    import polars as pl
+    import psycopg
+
+    from transforms.dispatch import write_outbox
+
+    generate(tmp_path, orders=100, anchor=T)
+    lake = load_settings(tmp_path / "shops.toml")
+    lake = lake.model_copy(update={"storage": lake_of(postgres, tmp_path / "lake")})
+    ids = [f"payment_reminder:o{i}" for i in range(3)]
+    frame = pl.DataFrame({
+        "message_id": ids, "purpose": ["payment_reminder"] * 3, "shop_id": ["s1"] * 3,
+        "order_id": [f"o{i}" for i in range(3)], "customer_id": [f"c{i}" for i in range(3)], "channel": ["sms"] * 3,
+        "recipient": ["13900000000"] * 3, "body": ["您好"] * 3, "template": ["payment_reminder/new"] * 3,
+        "created_at": [T] * 3, "segments": [1] * 3})
+    with session(tmp_path / "crm.duckdb", lake, lake=True) as con:
+        other = psycopg.connect(lake.storage.ops_dsn)
+        other.execute("INSERT INTO public.messages (message_id, purpose, shop_id, channel, body, status, attempts, "
+                      "created_at) VALUES (%s, 'payment_reminder', 's1', 'sms', 'the other worker', 'queued', 0, %s)",
+                      [ids[1], T])
+        committer = _commit_once_a_write_waits(lake.storage.ops_dsn, other)
+        try:
+            write_outbox(con, frame, T)
+        finally:
+            committer.join()
+        rows = con.execute("SELECT message_id, body FROM opsdb.messages ORDER BY 1").fetchall()
+    assert rows == [(ids[0], "您好"), (ids[1], "the other worker"), (ids[2], "您好")]
 
 
 def test_two_partitions_at_once_give_together_the_marts_of_one_file(postgres, tmp_path, local_server):  # noqa: F811

@@ -231,30 +231,15 @@ def _insert_rows(con, insert: str, rows: list[tuple], types: tuple[str, ...], ta
     con.execute(f"{insert} SELECT {cols}{tail}", [list(c) for c in zip(*rows)])
 
 
-def _remember_shared_hashes(con: duckdb.DuckDBPyConnection, hashed: list[tuple], types: tuple[str, ...],
-                            attempts: int = 5) -> None:
+def _remember_shared_hashes(con: duckdb.DuckDBPyConnection, hashed: list[tuple], types: tuple[str, ...]) -> None:
     """The hashes into ops.file_hashes in PostgreSQL, which the other partitions' runs share and may be writing for
-    the same paths this moment: the stale rows out, then the new ones in unless another run has just put them there.
-
-    DuckDB's postgres extension writes an INSERT with COPY, and its ON CONFLICT does not reach PostgreSQL: a row
-    another run put there between the DELETE and the COPY fails the whole COPY with a duplicate key. The rows are a
-    cache of the same file's hash (whoever wrote it), so after a failed write the paths now there are left as they
-    are and the rest written again; a failure with none of these paths there is not that race, and is raised."""
+    the same paths this moment: the stale rows out, then the new ones in unless another run has just put them there
+    (the rows are a cache of the same file's hash, whoever wrote it). Another run's commit between the extension's
+    conflict check and its COPY fails the COPY: the write is made again (crm/storage/layout.py)."""
     table = f"{layout.OPS}.file_hashes"
-    paths = [h[0] for h in hashed]
-    con.execute(f"DELETE FROM {table} WHERE path IN (SELECT unnest(?::VARCHAR[]))", [paths])
-    for attempt in range(attempts):
-        try:
-            _insert_rows(con, f"INSERT INTO {table}", hashed, types, " ON CONFLICT DO NOTHING")
-            return
-        except duckdb.Error:
-            there = {r[0] for r in con.execute(f"SELECT path FROM {table} WHERE path IN (SELECT unnest(?::VARCHAR[]))",
-                                               [[h[0] for h in hashed]]).fetchall()}
-            if not there or attempt == attempts - 1:
-                raise
-            hashed = [h for h in hashed if h[0] not in there]
-            if not hashed:
-                return
+    con.execute(f"DELETE FROM {table} WHERE path IN (SELECT unnest(?::VARCHAR[]))", [[h[0] for h in hashed]])
+    layout.skip_what_others_wrote(
+        lambda: _insert_rows(con, f"INSERT INTO {table}", hashed, types, " ON CONFLICT DO NOTHING"))
 
 
 def select_new(con: duckdb.DuckDBPyConnection, files: list[LandingFile], step: Step | None = None) -> list[LandingFile]:

@@ -158,6 +158,26 @@ class Deferred:
             self.con.execute(f"DROP TABLE IF EXISTS _ops_{name}")
 
 
+# DuckDB's own words when the postgres extension's COPY into a PostgreSQL table fails (PostgreSQL's reason, in the
+# server's language, follows them)
+_COPY_FAILED = "Failed to copy data"
+
+
+def skip_what_others_wrote(write, attempts: int = 4):
+    """`write()`, an INSERT … ON CONFLICT DO NOTHING into a PostgreSQL table through the lake connection, again
+    if another session's commit made it fail.
+
+    DuckDB's postgres extension looks for the conflicts first and then writes the rows with COPY, which knows no
+    ON CONFLICT: a row with the same key that another session commits in between fails the whole COPY with a
+    duplicate key. Run again, the statement finds that row and skips it. Any other failure is raised at once."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except duckdb.Error as e:
+            if _COPY_FAILED not in str(e) or attempt == attempts - 1:
+                raise
+
+
 def ops_table(con: duckdb.DuckDBPyConnection, name: str) -> str:
     """Where to write ops.<name> outside a transaction: the PostgreSQL table on the lake for an operational one."""
     return f"{OPS}.{name}" if name in OPERATIONAL and on_lake(con) else f"ops.{name}"

@@ -19,6 +19,22 @@ class Mailbox:
         return "250 OK"
 
 
+def opt_out_while_held(db: Path, customer_id: str, gateway, opted) -> None:
+    """`customer_id` opts out, in a connection of its own (as the agents' page would, during a run), then the
+    `gateway`, held until now, answers again (also when the update failed); `opted` is set once it is in."""
+    from crm.db import connect
+
+    try:
+        con = connect(db, setup=False)
+        try:
+            con.execute("UPDATE staging.customers SET opt_out = true WHERE customer_id = ?", [customer_id])
+        finally:
+            con.close()
+        opted.set()
+    finally:
+        gateway.release()
+
+
 def start_smtp() -> tuple[Controller, Mailbox]:
     box = Mailbox()
     controller = Controller(box, hostname="127.0.0.1", port=free_port())

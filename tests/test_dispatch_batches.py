@@ -12,7 +12,7 @@ import pytest
 from conftest import rows
 from crm.config import parse_settings
 from crm.db import connect, sync_shops
-from dispatching import T
+from dispatching import T, opt_out_while_held
 from gateway import Gateway
 from planning import message, stage
 from transforms.dispatch import _Database, send_queued
@@ -96,15 +96,7 @@ def test_a_check_that_got_old_while_a_slow_batch_went_is_made_again(gateway, tmp
         deadline = time.monotonic() + 20
         while len(checks) < 2 and time.monotonic() < deadline:     # the first listing, then batch 2's check
             time.sleep(0.01)
-        try:
-            con = connect(db, setup=False)
-            try:
-                con.execute("UPDATE staging.customers SET opt_out = true WHERE customer_id = 'c2'")
-            finally:
-                con.close()
-            opted.set()
-        finally:
-            gateway.release()
+        opt_out_while_held(db, "c2", gateway, opted)
 
     gateway.hold()                 # batch 1 waits at the gateway until the opt-out is in, however slow this thread
     thread = threading.Thread(target=opt_out_once_the_next_batch_was_checked)

@@ -19,7 +19,7 @@ from conftest import BIN, crm, free_port, rows
 from crm.config import load_settings, parse_settings
 from crm.db import connect, sync_shops
 from crm.journal import SendJournal
-from dispatching import T, shop_config, sms_crowd
+from dispatching import T, opt_out_while_held, shop_config, sms_crowd
 from gateway import Gateway
 from planning import local, message, stage
 from transforms.dispatch import dispatch_db, send_queued
@@ -89,15 +89,7 @@ def test_an_opt_out_during_a_run_stops_the_later_batches(queued):
         deadline = time.monotonic() + 20
         while not gw.held and time.monotonic() < deadline:
             time.sleep(0.01)
-        try:
-            con = connect(db, setup=False)
-            try:
-                con.execute("UPDATE staging.customers SET opt_out = true WHERE customer_id = 'c39'")
-            finally:
-                con.close()
-            opted.set()
-        finally:
-            gw.release()
+        opt_out_while_held(db, "c39", gw, opted)
 
     gw.hold()
     thread = threading.Thread(target=opt_out_while_the_first_batch_is_at_the_gateway)

@@ -169,7 +169,8 @@ def skip_what_others_wrote(write, attempts: int = 4):
 
     DuckDB's postgres extension looks for the conflicts first and then writes the rows with COPY, which knows no
     ON CONFLICT: a row with the same key that another session commits in between fails the whole COPY with a
-    duplicate key. Run again, the statement finds that row and skips it. Any other failure is raised at once."""
+    duplicate key. Run again, the statement finds that row and skips it. A failure that is not a COPY's is raised
+    at once; a COPY that still fails after `attempts` (another reason: a NOT NULL, a lost connection) is raised."""
     for attempt in range(attempts):
         try:
             return write()
